@@ -1,0 +1,93 @@
+//! # txpaging
+//!
+//! Page tables for firmware, where every change is a transaction: X64 (4- and 5-level)
+//! built, changed, inspected and installed through the familiar [`PageTable`] API, with
+//! batched [`Transaction`]s underneath.
+//!
+//! ```
+//! use txpaging::{MemoryAttributes, PageAllocator, PageTable, PagingType, PtError, X64PageTable};
+//!
+//! /// Hands out pages from a buffer; a firmware allocator would call its page services.
+//! struct Pool { pages: Vec<Box<[u8; 4096]>> }
+//! impl PageAllocator for Pool {
+//!     fn allocate_page(&mut self, _align: u64, _size: u64) -> Result<u64, PtError> {
+//!         # #[repr(align(4096))] struct Page([u8; 4096]);
+//!         let page = Box::leak(Box::new(Page([0; 4096])));
+//!         Ok(page as *mut Page as u64)
+//!     }
+//! }
+//!
+//! let mut table = X64PageTable::new(Pool { pages: Vec::new() }, PagingType::Paging4Level)?;
+//! table.map_memory_region(0x20_0000, 0x40_0000, MemoryAttributes::Writeback)?;
+//!
+//! // Several changes, one plan, one commit, one invalidation batch.
+//! let report = table
+//!     .transaction()
+//!     .protect(0x20_0000, 0x1000, MemoryAttributes::ReadOnly)
+//!     .protect(0x40_0000, 0x2000, MemoryAttributes::ExecuteProtect)
+//!     .commit()?;
+//! assert_eq!(report.tables_allocated, 2); // the two 2 MiB pages were split
+//! assert_eq!(
+//!     table.query_memory_region(0x20_0000, 0x1000)?,
+//!     MemoryAttributes::ReadOnly | MemoryAttributes::Writeback
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![no_std]
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+mod dump;
+pub mod mmu;
+pub mod pool;
+pub mod x64;
+
+pub use mmu::{InstallRequest, Mmu, MmuOp, RecordingMmu};
+pub use pool::PagePool;
+pub use txpaging_txn::{
+    CommitReport, FinalState, Geometry, MappedRegion, MemoryAttributes, Op, PageAllocator, Plan, PlannedRange, PtError,
+    Transaction, TxnError, PAGE_SIZE,
+};
+pub use x64::{X64Config, X64PageTable};
+
+/// The paging mode of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PagingType {
+    /// Four levels: 48-bit virtual addresses.
+    Paging4Level,
+    /// Five levels (X64 LA57): 57-bit virtual addresses.
+    Paging5Level,
+}
+
+/// The familiar page-table interface. Each method is a one-op [`Transaction`].
+pub trait PageTable {
+    /// Maps `size` bytes at `address` (VA == PA) with `attributes`, whatever was mapped
+    /// there before. Accepts `ExecuteProtect`, `ReadOnly`, `ReadProtect` and one cache
+    /// attribute (`Uncached`, `WriteCombining`, `WriteThrough`, `Writeback`,
+    /// `UncachedExport`, `WriteProtect`); on X64 the cache attribute may be omitted.
+    ///
+    /// ## Errors
+    /// Range errors, `IncompatibleMemoryAttributes`, `InvalidParameter` for unknown bits,
+    /// or the allocator's error. On error the table is unchanged.
+    fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError>;
+
+    /// Unmaps `size` bytes at `address`. The whole range must be mapped (else
+    /// `NoMapping`); it need not be mapped uniformly.
+    fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError>;
+
+    /// Makes this table the active one (on X64: IA32_PAT, EFER.NXE, CR3). The table must
+    /// map the running code, stack and data.
+    fn install_page_table(&self) -> Result<(), PtError>;
+
+    /// Returns the attributes of `size` bytes at `address` if the whole range is mapped
+    /// with the same attributes: `NoMapping` if any page is unmapped,
+    /// `NonUniformMemoryAttributes` if they differ.
+    fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError>;
+
+    /// Logs (`log::info!`) every entry on the walk of `size` bytes at `address`: one
+    /// table of bit columns per level, one row per entry, with the range it covers.
+    fn dump_page_tables(&self, address: u64, size: u64);
+}

@@ -1,0 +1,294 @@
+//! X64 page tables: 4-level (48-bit) and 5-level (57-bit) paging with 4 KiB, 2 MiB and
+//! (where the CPU has them) 1 GiB pages.
+
+pub mod encoding;
+#[cfg(target_arch = "x86_64")]
+mod instructions;
+
+use core::fmt;
+
+use txpaging_txn::{Geometry, MappedRegion, MemoryAttributes, PageAllocator, PtError, Regions, Tables, Transaction};
+
+pub use encoding::{X64Codec, PAT_LAYOUT};
+#[cfg(target_arch = "x86_64")]
+pub use instructions::X64Mmu;
+
+use crate::dump::{self, DumpFormat};
+use crate::mmu::{InstallRequest, Mmu};
+use crate::{PageTable, PagingType};
+
+/// The MMU used by [`X64PageTable::new`]: the real one on bare-metal and UEFI targets,
+/// a [`RecordingMmu`](crate::RecordingMmu) elsewhere.
+#[cfg(all(target_arch = "x86_64", any(target_os = "none", target_os = "uefi")))]
+pub type DefaultX64Mmu = X64Mmu;
+/// The MMU used by [`X64PageTable::new`]: the real one on bare-metal and UEFI targets,
+/// a [`RecordingMmu`](crate::RecordingMmu) elsewhere.
+#[cfg(not(all(target_arch = "x86_64", any(target_os = "none", target_os = "uefi"))))]
+pub type DefaultX64Mmu = crate::RecordingMmu;
+
+/// Physical address width the entries can hold (MAXPHYADDR is at most 52, SDM 4.1.4).
+pub const X64_PA_BITS: u8 = 52;
+
+/// What the CPU supports, as far as the table encoding is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct X64Config {
+    /// Use 1 GiB pages (CPUID 8000_0001h:EDX[26], SDM 4.1.4). 2 MiB pages are always used.
+    pub one_gib_pages: bool,
+}
+
+impl X64Config {
+    /// Reads the running CPU's features with CPUID (on non-x86 hosts: 1 GiB pages on).
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let one_gib_pages = instructions::cpu_features().1;
+        #[cfg(not(target_arch = "x86_64"))]
+        let one_gib_pages = true;
+        Self { one_gib_pages }
+    }
+}
+
+impl Default for X64Config {
+    fn default() -> Self {
+        Self { one_gib_pages: true }
+    }
+}
+
+fn geometry(paging_type: PagingType, config: X64Config) -> Result<Geometry, PtError> {
+    let levels = match paging_type {
+        PagingType::Paging4Level => 4,
+        PagingType::Paging5Level => 5,
+    };
+    Ok(Geometry {
+        levels,
+        max_leaf_level: if config.one_gib_pages { 2 } else { 1 },
+        sign_extended: true,
+        pa_bits: X64_PA_BITS,
+    })
+}
+
+/// An X64 page table. Identity maps by default; see [`transaction`](Self::transaction)
+/// for batched and aliased changes.
+pub struct X64PageTable<P: PageAllocator, M: Mmu = DefaultX64Mmu> {
+    tables: Tables<X64Codec, P, M>,
+    paging_type: PagingType,
+    config: X64Config,
+}
+
+impl<P: PageAllocator> X64PageTable<P> {
+    /// Creates an empty table (one zeroed root page) for `paging_type`, with 1 GiB pages
+    /// if the running CPU has them, and the default MMU.
+    pub fn new(allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
+        Self::with_mmu(allocator, paging_type, X64Config::detect(), DefaultX64Mmu::default())
+    }
+
+    /// Opens the existing table at `root` with the default MMU.
+    ///
+    /// # Safety
+    /// `root` must be the root of a well-formed X64 table of `paging_type` whose pages
+    /// `allocator` reaches, and nothing else may change it while this value is in use.
+    pub unsafe fn from_existing(root: u64, allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
+        // SAFETY: forwarded contract.
+        unsafe {
+            Self::from_existing_with_mmu(
+                root,
+                allocator,
+                paging_type,
+                X64Config::detect(),
+                DefaultX64Mmu::default(),
+            )
+        }
+    }
+}
+
+impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
+    /// Creates an empty table with an explicit CPU configuration and MMU.
+    pub fn with_mmu(allocator: P, paging_type: PagingType, config: X64Config, mmu: M) -> Result<Self, PtError> {
+        let tables = Tables::new(allocator, geometry(paging_type, config)?, mmu)?;
+        Ok(Self {
+            tables,
+            paging_type,
+            config,
+        })
+    }
+
+    /// Opens an existing table with an explicit CPU configuration and MMU.
+    ///
+    /// # Safety
+    /// As for [`X64PageTable::from_existing`].
+    pub unsafe fn from_existing_with_mmu(
+        root: u64,
+        allocator: P,
+        paging_type: PagingType,
+        config: X64Config,
+        mmu: M,
+    ) -> Result<Self, PtError> {
+        let geometry = geometry(paging_type, config)?;
+        // SAFETY: forwarded contract.
+        let tables = unsafe { Tables::from_existing(root, allocator, geometry, mmu)? };
+        Ok(Self {
+            tables,
+            paging_type,
+            config,
+        })
+    }
+
+    /// Physical address of the root table (the value for CR3).
+    pub fn root(&self) -> u64 {
+        self.tables.root()
+    }
+
+    /// Gives up ownership and returns the root; the tables stay in memory.
+    pub fn into_page_table_root(self) -> u64 {
+        self.tables.root()
+    }
+
+    /// The paging mode.
+    pub fn paging_type(&self) -> PagingType {
+        self.paging_type
+    }
+
+    /// The CPU configuration the table was built for.
+    pub fn config(&self) -> X64Config {
+        self.config
+    }
+
+    /// The MMU (a [`RecordingMmu`](crate::RecordingMmu) on the host).
+    pub fn mmu(&self) -> &M {
+        self.tables.tlb()
+    }
+
+    /// The page allocator.
+    pub fn allocator(&self) -> &P {
+        self.tables.allocator()
+    }
+
+    /// The engine-level table, for tools that walk raw entries.
+    pub fn tables(&self) -> &Tables<X64Codec, P, M> {
+        &self.tables
+    }
+
+    /// Starts a transaction: queue maps, unmaps and protects, then `plan` or `commit`.
+    pub fn transaction(&mut self) -> Transaction<'_, X64Codec, P, M> {
+        self.tables.transaction()
+    }
+
+    /// Maps `size` bytes at virtual `va` to physical `pa` (one-op transaction).
+    pub fn map_aliased_memory_region(
+        &mut self,
+        va: u64,
+        pa: u64,
+        size: u64,
+        attributes: MemoryAttributes,
+    ) -> Result<(), PtError> {
+        self.transaction()
+            .map_aliased(va, pa, size, attributes)
+            .commit()
+            .map(drop)
+            .map_err(PtError::from)
+    }
+
+    /// Changes the attributes of `size` mapped bytes at `address`, keeping the output
+    /// addresses and, when `attributes` names no cache type, each page's cache type.
+    pub fn protect_memory_region(
+        &mut self,
+        address: u64,
+        size: u64,
+        attributes: MemoryAttributes,
+    ) -> Result<(), PtError> {
+        self.transaction()
+            .protect(address, size, attributes)
+            .commit()
+            .map(drop)
+            .map_err(PtError::from)
+    }
+
+    /// Where `va` translates to, with the attributes of its page.
+    pub fn translate(&self, va: u64) -> Option<(u64, MemoryAttributes)> {
+        self.tables.translate(va)
+    }
+
+    /// The mapped regions in address order, adjacent identical pieces merged.
+    pub fn regions(&self) -> Regions<'_, X64Codec, P> {
+        self.tables.regions()
+    }
+
+    /// Iterator alias of [`regions`](Self::regions) using the familiar name.
+    pub fn iter_mapped_regions(&self) -> impl Iterator<Item = MappedRegion> + '_ {
+        self.tables.regions()
+    }
+
+    /// Number of table pages in use, the root included.
+    pub fn table_pages(&self) -> usize {
+        self.tables.table_pages()
+    }
+
+    /// Writes the dump of `size` bytes at `address` (see [`PageTable::dump_page_tables`]) to `out`.
+    pub fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError> {
+        dump::write(&self.tables, &X64_DUMP, out, address, size)
+    }
+}
+
+/// The X64 dump layout: the familiar bit columns.
+static X64_DUMP: DumpFormat = DumpFormat {
+    level_names: &["PT", "PD", "PDP", "PML4", "PML5"],
+    header: &[
+        "6362         52 51                                    12 11 9 8 7 6 5 4 3 2 1 0",
+        "|N|           |                                        |   |M|M|I| |P|P|U|R| |",
+        "|X| Available |      Page-Map Level-4 Base Address     |AVL|B|B|G|A|C|W|/|/|P|",
+        "| |           |                                        |   |Z|Z|N| |D|T|S|W| |",
+    ],
+    // (first bit, width) of each column, most significant first.
+    columns: &[
+        (63, 1),
+        (52, 11),
+        (12, 40),
+        (9, 3),
+        (8, 1),
+        (7, 1),
+        (6, 1),
+        (5, 1),
+        (4, 1),
+        (3, 1),
+        (2, 1),
+        (1, 1),
+        (0, 1),
+    ],
+};
+
+impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
+    fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError> {
+        self.transaction()
+            .map(address, size, attributes)
+            .commit()
+            .map(drop)
+            .map_err(PtError::from)
+    }
+
+    fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
+        self.transaction()
+            .unmap(address, size)
+            .commit()
+            .map(drop)
+            .map_err(PtError::from)
+    }
+
+    fn install_page_table(&self) -> Result<(), PtError> {
+        let request = InstallRequest::X64 {
+            root: self.root(),
+            five_level: self.paging_type == PagingType::Paging5Level,
+            pat: PAT_LAYOUT,
+            nx: true,
+        };
+        self.tables.tlb().install(&request)
+    }
+
+    fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
+        self.tables.query(address, size)
+    }
+
+    fn dump_page_tables(&self, address: u64, size: u64) {
+        if let Err(error) = dump::log(&self.tables, &X64_DUMP, address, size) {
+            log::error!("dump_page_tables({address:#x}, {size:#x}) failed: {error}");
+        }
+    }
+}

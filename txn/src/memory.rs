@@ -1,0 +1,48 @@
+//! Raw table memory: the only place the engine dereferences table pages.
+//!
+//! Every entry is read and written with one 64-bit atomic access, so a concurrent
+//! hardware walker never sees a torn entry.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::allocator::PageAllocator;
+use crate::geometry::ENTRIES_PER_TABLE;
+
+/// Reads and writes entries of table pages reached through an allocator's translation.
+pub(crate) struct TableMemory<'a, P: PageAllocator> {
+    allocator: &'a P,
+}
+
+impl<'a, P: PageAllocator> TableMemory<'a, P> {
+    /// Table memory reached through `allocator.physical_to_pointer`.
+    pub(crate) fn new(allocator: &'a P) -> Self {
+        Self { allocator }
+    }
+
+    fn slot(&self, table: u64, index: usize) -> &AtomicU64 {
+        debug_assert!(index < ENTRIES_PER_TABLE);
+        let base = self.allocator.physical_to_pointer(table);
+        // SAFETY: `table` is a table page of this page table: the `PageAllocator` contract
+        // makes `physical_to_pointer` return a valid, 4 KiB-aligned pointer to its 4 KiB,
+        // so entry `index < 512` lies inside it, 8-byte aligned. Entries are only accessed
+        // atomically, so sharing them with a hardware walker is sound.
+        unsafe { AtomicU64::from_ptr(base.cast::<u64>().add(index)) }
+    }
+
+    /// Entry `index` of the table at `table`.
+    pub(crate) fn read(&self, table: u64, index: usize) -> u64 {
+        self.slot(table, index).load(Ordering::Relaxed)
+    }
+
+    /// Stores `value` into entry `index` of the table at `table` with one 64-bit store.
+    pub(crate) fn write(&self, table: u64, index: usize, value: u64) {
+        self.slot(table, index).store(value, Ordering::Relaxed)
+    }
+
+    /// Fills a table page that no walker can reach yet with `entry(i)` for each index.
+    pub(crate) fn fill(&self, table: u64, mut entry: impl FnMut(usize) -> u64) {
+        for index in 0..ENTRIES_PER_TABLE {
+            self.write(table, index, entry(index));
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The overlay: the ops of a transaction folded, in queue order, into sorted,
+//! non-overlapping segments that say what each touched range becomes.
+//!
+//! Later ops overwrite earlier ones. An unmap or protect that falls on a range no earlier
+//! op touched requires that range to be mapped in the table; the segment remembers the op
+//! (`check`) so the planner can verify it against the table. Where a later map overwrites
+//! such a segment, the requirement is kept in `deferred_checks`.
+
+use smallvec::SmallVec;
+
+use crate::attributes::MemoryAttributes;
+use crate::error::PtError;
+
+/// What a segment does to its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Map the range to `pa` (the physical address of the segment's first byte).
+    Map {
+        /// Physical address of `start`.
+        pa: u64,
+    },
+    /// Leave the range unmapped.
+    Unmap,
+    /// Keep each page's output address, set access bits, and the cache type if given.
+    Protect,
+}
+
+/// One range of the overlay (linear addresses, page aligned, `start < end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// What happens to the range.
+    pub action: Action,
+    /// Attributes for `Map`, the change for `Protect`, empty for `Unmap`.
+    pub attributes: MemoryAttributes,
+    /// The first op that requires this range to be mapped in the table as it was.
+    pub check: Option<u32>,
+}
+
+impl Segment {
+    /// This segment cut to `start..end` (which must lie inside it).
+    fn cut(&self, start: u64, end: u64) -> Segment {
+        let action = match self.action {
+            Action::Map { pa } => Action::Map {
+                pa: pa + (start - self.start),
+            },
+            other => other,
+        };
+        Segment {
+            start,
+            end,
+            action,
+            ..*self
+        }
+    }
+
+    /// Whether `next` continues `self` with the same effect (ignoring `check`).
+    pub fn continued_by(&self, next: &Segment) -> bool {
+        self.end == next.start
+            && self.attributes == next.attributes
+            && match (self.action, next.action) {
+                (Action::Map { pa }, Action::Map { pa: next_pa }) => {
+                    pa.checked_add(self.end - self.start) == Some(next_pa)
+                }
+                (Action::Unmap, Action::Unmap) | (Action::Protect, Action::Protect) => true,
+                _ => false,
+            }
+    }
+}
+
+/// A range the table (before the transaction) must have fully mapped, and the op that needs it.
+pub type Check = (u64, u64, u32);
+
+/// The folded ops of a transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Overlay {
+    segments: SmallVec<[Segment; 2]>,
+    deferred_checks: SmallVec<[Check; 1]>,
+}
+
+/// An op's effect on the overlay, before it is folded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Change {
+    Map { pa: u64, attributes: MemoryAttributes },
+    Unmap,
+    Protect { attributes: MemoryAttributes },
+}
+
+impl Overlay {
+    /// The segments, sorted by address.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Requirements whose segments were overwritten by later maps.
+    pub fn deferred_checks(&self) -> &[Check] {
+        &self.deferred_checks
+    }
+
+    /// Folds op number `op` changing linear `start..end`. Fails with `NoMapping` if it
+    /// unmaps or protects a range an earlier op of the transaction left unmapped.
+    pub(crate) fn fold(&mut self, op: u32, start: u64, end: u64, change: Change) -> Result<(), PtError> {
+        let first = self.segments.partition_point(|s| s.end <= start);
+        let mut last = first;
+        while last < self.segments.len() && self.segments[last].start < end {
+            last += 1;
+        }
+        // Pieces that replace segments[first..last].
+        let mut pieces: SmallVec<[Segment; 4]> = SmallVec::new();
+        let mut cursor = start;
+        let overlapped = first..last;
+        for i in overlapped.clone() {
+            let old = self.segments[i];
+            if old.start < start {
+                pieces.push(old.cut(old.start, start));
+            }
+            let (from, to) = (old.start.max(start), old.end.min(end));
+            if cursor < from {
+                pieces.push(fresh(op, start, cursor, from, change));
+            }
+            pieces.push(self.overwrite(op, start, &old.cut(from, to), change)?);
+            cursor = to;
+            if old.end > end {
+                pieces.push(old.cut(end, old.end));
+            }
+        }
+        if cursor < end {
+            // Keep `pieces` sorted: the tail of the last old segment (if any) comes after.
+            let at = pieces.iter().position(|p| p.start >= end).unwrap_or(pieces.len());
+            pieces.insert(at, fresh(op, start, cursor, end, change));
+        }
+        // Coalesce the pieces with each other and with the neighbours.
+        let lo = if first > 0 { first - 1 } else { first };
+        let hi = if last < self.segments.len() { last + 1 } else { last };
+        let mut merged: SmallVec<[Segment; 4]> = SmallVec::new();
+        let neighbours_before = self.segments[lo..first].iter();
+        let neighbours_after = self.segments[last..hi].iter();
+        for piece in neighbours_before.chain(pieces.iter()).chain(neighbours_after) {
+            match merged.last_mut() {
+                Some(prev) if prev.continued_by(piece) && prev.check == piece.check => prev.end = piece.end,
+                _ => merged.push(*piece),
+            }
+        }
+        let replaced = hi - lo;
+        let common = replaced.min(merged.len());
+        self.segments[lo..lo + common].copy_from_slice(&merged[..common]);
+        if merged.len() > replaced {
+            self.segments.insert_many(lo + common, merged[common..].iter().copied());
+        } else {
+            self.segments.drain(lo + common..hi);
+        }
+        Ok(())
+    }
+
+    /// What `old` (already cut to the overlapped part) becomes under `change` by `op`,
+    /// whose range starts at `op_start`.
+    fn overwrite(&mut self, op: u32, op_start: u64, old: &Segment, change: Change) -> Result<Segment, PtError> {
+        let (action, attributes, check) = match (change, old.action) {
+            (Change::Map { .. }, _) => {
+                if let Some(check) = old.check {
+                    self.deferred_checks.push((old.start, old.end, check));
+                }
+                return Ok(fresh(op, op_start, old.start, old.end, change));
+            }
+            (Change::Unmap | Change::Protect { .. }, Action::Unmap) => return Err(PtError::NoMapping),
+            (Change::Unmap, Action::Map { .. }) => (Action::Unmap, MemoryAttributes::empty(), None),
+            (Change::Unmap, Action::Protect) => (Action::Unmap, MemoryAttributes::empty(), old.check),
+            (Change::Protect { attributes }, Action::Map { pa }) => {
+                (Action::Map { pa }, old.attributes.reprotected(attributes), None)
+            }
+            (Change::Protect { attributes }, Action::Protect) => {
+                (Action::Protect, old.attributes.reprotected(attributes), old.check)
+            }
+        };
+        Ok(Segment {
+            start: old.start,
+            end: old.end,
+            action,
+            attributes,
+            check,
+        })
+    }
+}
+
+/// The segment `change` by `op` (whose range starts at `op_start`) creates over
+/// `start..end` where no earlier op was.
+fn fresh(op: u32, op_start: u64, start: u64, end: u64, change: Change) -> Segment {
+    let (action, attributes, check) = match change {
+        Change::Map { pa, attributes } => (
+            Action::Map {
+                pa: pa + (start - op_start),
+            },
+            attributes,
+            None,
+        ),
+        Change::Unmap => (Action::Unmap, MemoryAttributes::empty(), Some(op)),
+        Change::Protect { attributes } => (Action::Protect, attributes, Some(op)),
+    };
+    Segment {
+        start,
+        end,
+        action,
+        attributes,
+        check,
+    }
+}

@@ -1,0 +1,576 @@
+//! The planner: one walk from the root over the tables the overlay touches.
+//!
+//! The same walk runs twice. The *dry* run reads the table, counts what it would do
+//! (entries, new tables, freed tables, invalidations) and finds every failed
+//! precondition; it never stores. The *apply* run makes exactly the same decisions
+//! (it reads the same unchanged table) and performs them with pages allocated
+//! beforehand, so it cannot fail.
+//!
+//! At each entry:
+//! - the overlay covers the entry uniformly and the level may hold that leaf: write the
+//!   leaf (or the invalid entry), discarding the old subtree if there was one;
+//! - the entry is a leaf the overlay changes in part: split it into a new table holding
+//!   the same translations, link that table (no address changes), then descend;
+//! - the entry is invalid and the overlay maps part of it: build a new table, descend,
+//!   then link it;
+//! - the entry is a table: descend.
+//!
+//! After descending, a table that became empty is dropped, and a table whose 512 entries
+//! became one contiguous, aligned, uniform leaf is replaced by that leaf (merge).
+
+use smallvec::SmallVec;
+
+use crate::allocator::PageAllocator;
+use crate::attributes::MemoryAttributes;
+use crate::codec::{Codec, Entry, INVALID_ENTRY};
+use crate::error::PtError;
+use crate::geometry::{Geometry, ENTRIES_PER_TABLE};
+use crate::memory::TableMemory;
+use crate::overlay::{Action, Overlay, Segment};
+use crate::tlb::FlushBatch;
+
+/// What the walk counted (dry run) or did (apply run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// 64-bit entry stores, including the 512 of each new table.
+    pub entries_written: usize,
+    /// Table pages taken from the allocator.
+    pub tables_allocated: usize,
+    /// Table pages given back (merged, emptied, or replaced subtrees).
+    pub tables_freed: usize,
+}
+
+/// Where the old content of a table comes from.
+#[derive(Debug, Clone, Copy)]
+enum View {
+    /// An existing table in memory.
+    Memory(u64),
+    /// A new table under an invalid entry: all entries invalid.
+    Empty,
+    /// A new table splitting a leaf: entry `i` maps `pa + i * size` with `attributes`.
+    Split { pa: u64, attributes: MemoryAttributes },
+}
+
+/// The final state of one entry, as its parent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Invalid,
+    Leaf { pa: u64, attributes: MemoryAttributes },
+    Table,
+}
+
+/// What a table became after the walk changed it.
+enum Outcome {
+    /// Every entry invalid.
+    Empty,
+    /// Every entry a leaf; together one contiguous mapping of `pa` with `attributes`.
+    Uniform { pa: u64, attributes: MemoryAttributes },
+    /// Anything else.
+    Mixed,
+}
+
+/// Folds entries into an `Outcome`, in any order.
+struct Summary {
+    entry_size: u64,
+    empty: bool,
+    uniform: bool,
+    first: Option<(u64, MemoryAttributes)>,
+}
+
+impl Summary {
+    fn new(level: u8, can_merge: bool) -> Self {
+        Self {
+            entry_size: Geometry::entry_size(level),
+            empty: true,
+            uniform: can_merge,
+            first: None,
+        }
+    }
+
+    fn undecided(&self) -> bool {
+        self.empty || self.uniform
+    }
+
+    fn add(&mut self, index: usize, slot: Slot) {
+        match slot {
+            Slot::Invalid => self.uniform = false,
+            Slot::Table => {
+                self.empty = false;
+                self.uniform = false;
+            }
+            Slot::Leaf { pa, attributes } => {
+                self.empty = false;
+                if self.uniform {
+                    let base = pa.wrapping_sub(index as u64 * self.entry_size);
+                    match self.first {
+                        None => self.first = Some((base, attributes)),
+                        Some(first) => self.uniform = first == (base, attributes),
+                    }
+                }
+            }
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        match self.first {
+            _ if self.empty => Outcome::Empty,
+            Some((pa, attributes)) if self.uniform => Outcome::Uniform { pa, attributes },
+            _ => Outcome::Mixed,
+        }
+    }
+}
+
+/// The part of the overlay covering an entry, when it covers it with one effect.
+struct Cover {
+    action: Action,
+    attributes: MemoryAttributes,
+    check: Option<u32>,
+}
+
+/// `Some` if `segments` cover `start..end` completely with one continuous effect.
+fn uniform_cover(segments: &[Segment], start: u64, end: u64) -> Option<Cover> {
+    let first = segments.first()?;
+    let last = segments.last()?;
+    if first.start > start || last.end < end || !segments.windows(2).all(|w| w[0].continued_by(&w[1])) {
+        return None;
+    }
+    let action = match first.action {
+        Action::Map { pa } => Action::Map {
+            pa: pa + (start - first.start),
+        },
+        other => other,
+    };
+    let check = segments.iter().filter_map(|s| s.check).min();
+    Some(Cover {
+        action,
+        attributes: first.attributes,
+        check,
+    })
+}
+
+/// Whether `segment` leaves the leaf at `entry_va` (mapping `pa` with `attributes`) as it is.
+fn leaves_leaf_unchanged(segment: &Segment, entry_va: u64, pa: u64, attributes: MemoryAttributes) -> bool {
+    match segment.action {
+        Action::Map { pa: seg_pa } => {
+            let from = segment.start.max(entry_va);
+            segment.attributes == attributes && seg_pa + (from - segment.start) == pa + (from - entry_va)
+        }
+        Action::Protect => attributes.reprotected(segment.attributes) == attributes,
+        Action::Unmap => false,
+    }
+}
+
+/// One run of the planner.
+pub(crate) struct Walk<'a, C: Codec, P: PageAllocator> {
+    memory: TableMemory<'a, P>,
+    geometry: Geometry,
+    /// Pages for new tables; `None` in a dry run.
+    pool: Option<&'a [u64]>,
+    next_page: usize,
+    pub(crate) counts: Counts,
+    pub(crate) flush: FlushBatch,
+    /// Tables to give back after the flush (apply run).
+    pub(crate) freed: SmallVec<[u64; 8]>,
+    /// The first failed precondition: (op, error), smallest op wins.
+    pub(crate) error: Option<(u32, PtError)>,
+    _codec: core::marker::PhantomData<C>,
+}
+
+impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
+    /// A dry run: counts and checks, never stores.
+    pub(crate) fn dry(allocator: &'a P, geometry: Geometry) -> Self {
+        Self::new(allocator, geometry, None)
+    }
+
+    /// An apply run that takes new tables from `pool`.
+    pub(crate) fn apply(allocator: &'a P, geometry: Geometry, pool: &'a [u64]) -> Self {
+        Self::new(allocator, geometry, Some(pool))
+    }
+
+    fn new(allocator: &'a P, geometry: Geometry, pool: Option<&'a [u64]>) -> Self {
+        Self {
+            memory: TableMemory::new(allocator),
+            geometry,
+            pool,
+            next_page: 0,
+            counts: Counts::default(),
+            flush: FlushBatch::new(C::PAGE_INVALIDATION_LIMIT),
+            freed: SmallVec::new(),
+            error: None,
+            _codec: core::marker::PhantomData,
+        }
+    }
+
+    /// Walks `overlay` over the table rooted at `root`.
+    pub(crate) fn run(&mut self, root: u64, overlay: &Overlay) {
+        if self.pool.is_none() {
+            for &(start, end, op) in overlay.deferred_checks() {
+                if !self.fully_mapped(root, self.geometry.top_level(), 0, start, end) {
+                    self.fail(op, PtError::NoMapping);
+                }
+            }
+        }
+        let top = self.geometry.top_level();
+        self.update_table(Some(root), View::Memory(root), top, 0, overlay.segments(), false);
+    }
+
+    fn fail(&mut self, op: u32, error: PtError) {
+        match self.error {
+            Some((first, _)) if first <= op => {}
+            _ => self.error = Some((op, error)),
+        }
+    }
+
+    fn record_invalidation(&mut self, linear_va: u64) {
+        self.flush.record(self.geometry.to_canonical(linear_va));
+    }
+
+    fn store(&mut self, table: Option<u64>, index: usize, value: u64) {
+        self.counts.entries_written += 1;
+        if self.pool.is_some() {
+            match table {
+                Some(table) => self.memory.write(table, index, value),
+                None => self.fail(u32::MAX, PtError::InternalError),
+            }
+        }
+    }
+
+    /// Takes a page for a new table and fills it with `view`'s entries (of `level`).
+    fn new_table(&mut self, view: View, level: u8) -> Option<u64> {
+        self.counts.tables_allocated += 1;
+        self.counts.entries_written += ENTRIES_PER_TABLE;
+        let pool = self.pool?;
+        let Some(&page) = pool.get(self.next_page) else {
+            self.fail(u32::MAX, PtError::InternalError);
+            return None;
+        };
+        self.next_page += 1;
+        self.memory
+            .fill(page, |index| Self::view_entry_unread(view, index, level));
+        Some(page)
+    }
+
+    fn free_table(&mut self, table: Option<u64>) {
+        self.counts.tables_freed += 1;
+        if let Some(table) = table.filter(|_| self.pool.is_some()) {
+            self.freed.push(table);
+        }
+    }
+
+    /// Entry `index` of a new table described by `view` (not `Memory`).
+    fn view_entry_unread(view: View, index: usize, level: u8) -> u64 {
+        match view {
+            View::Split { pa, attributes } => {
+                C::encode_leaf(pa + index as u64 * Geometry::entry_size(level), attributes, level)
+            }
+            View::Empty | View::Memory(_) => INVALID_ENTRY,
+        }
+    }
+
+    fn old_entry(&self, view: View, index: usize, level: u8) -> u64 {
+        match view {
+            View::Memory(table) => self.memory.read(table, index),
+            other => Self::view_entry_unread(other, index, level),
+        }
+    }
+
+    /// Applies `segments` (sorted, all overlapping the table's range) to the table whose
+    /// old content is `view` and whose stores go to `target`. Returns what it became;
+    /// `can_merge` says whether a uniform result could become a leaf in the parent.
+    fn update_table(
+        &mut self,
+        target: Option<u64>,
+        view: View,
+        level: u8,
+        table_va: u64,
+        segments: &[Segment],
+        can_merge: bool,
+    ) -> Outcome {
+        let size = Geometry::entry_size(level);
+        let table_end = table_va + size * ENTRIES_PER_TABLE as u64;
+        let mut summary = Summary::new(level, can_merge);
+        let mut touched = [0u64; ENTRIES_PER_TABLE / 64];
+        let (mut lowest, mut highest) = (ENTRIES_PER_TABLE, 0);
+        let mut position = table_va;
+        let mut first = 0;
+        loop {
+            while first < segments.len() && segments[first].end <= position {
+                first += 1;
+            }
+            let Some(segment) = segments.get(first) else {
+                break;
+            };
+            let start = segment.start.max(position);
+            if start >= table_end {
+                break;
+            }
+            let index = Geometry::index(start, level);
+            let entry_va = table_va + index as u64 * size;
+            let entry_end = entry_va + size;
+            let mut last = first;
+            while last < segments.len() && segments[last].start < entry_end {
+                last += 1;
+            }
+            let slot = self.update_entry(target, view, level, index, entry_va, &segments[first..last]);
+            summary.add(index, slot);
+            touched[index / 64] |= 1 << (index % 64);
+            lowest = lowest.min(index);
+            highest = index;
+            position = entry_end;
+        }
+        if lowest == ENTRIES_PER_TABLE {
+            return Outcome::Mixed;
+        }
+        if !summary.undecided() {
+            return summary.outcome();
+        }
+        match view {
+            View::Empty => summary.uniform = false,
+            View::Split { pa, attributes } => summary.add(0, Slot::Leaf { pa, attributes }),
+            View::Memory(_) => {
+                // Untouched entries, nearest first: a mismatch usually sits right beside the change.
+                let after = highest + 1..ENTRIES_PER_TABLE;
+                let before = (0..lowest).rev();
+                let between = (lowest..highest).filter(|&i| touched[i / 64] & (1 << (i % 64)) == 0);
+                for index in after.chain(before).chain(between) {
+                    let raw = self.old_entry(view, index, level);
+                    let slot = match C::decode(raw, level) {
+                        Entry::Invalid => Slot::Invalid,
+                        Entry::Table(_) => Slot::Table,
+                        Entry::Leaf { pa, attributes } => Slot::Leaf { pa, attributes },
+                    };
+                    summary.add(index, slot);
+                    if !summary.undecided() {
+                        break;
+                    }
+                }
+            }
+        }
+        summary.outcome()
+    }
+
+    /// Applies `segments` (overlapping this entry) to entry `index` of a table at `level`.
+    fn update_entry(
+        &mut self,
+        target: Option<u64>,
+        view: View,
+        level: u8,
+        index: usize,
+        entry_va: u64,
+        segments: &[Segment],
+    ) -> Slot {
+        let old_raw = self.old_entry(view, index, level);
+        let old = C::decode(old_raw, level);
+        let size = Geometry::entry_size(level);
+        if let Some(cover) = uniform_cover(segments, entry_va, entry_va + size) {
+            let new = match (cover.action, old) {
+                (Action::Map { pa }, _) if self.geometry.leaf_allowed(level) && pa % size == 0 => Some(Slot::Leaf {
+                    pa,
+                    attributes: cover.attributes,
+                }),
+                (Action::Unmap | Action::Protect, Entry::Invalid) => {
+                    if let Some(op) = cover.check {
+                        self.fail(op, PtError::NoMapping);
+                    }
+                    return Slot::Invalid;
+                }
+                (Action::Unmap, _) => Some(Slot::Invalid),
+                (Action::Protect, Entry::Leaf { pa, attributes }) => Some(Slot::Leaf {
+                    pa,
+                    attributes: attributes.reprotected(cover.attributes),
+                }),
+                _ => None,
+            };
+            if let Some(new) = new {
+                let checked = matches!(cover.action, Action::Unmap) && cover.check.is_some();
+                self.replace(
+                    target,
+                    level,
+                    index,
+                    entry_va,
+                    old_raw,
+                    old,
+                    new,
+                    checked.then_some(segments),
+                );
+                return new;
+            }
+        }
+        if level == 0 {
+            // A page is always covered by exactly one segment.
+            self.fail(u32::MAX, PtError::InternalError);
+            return Slot::Invalid;
+        }
+        let child_level = level - 1;
+        let can_merge = self.geometry.leaf_allowed(level);
+        match old {
+            Entry::Table(child) => {
+                let outcome = self.update_table(
+                    Some(child),
+                    View::Memory(child),
+                    child_level,
+                    entry_va,
+                    segments,
+                    can_merge,
+                );
+                self.settle(target, level, index, entry_va, Some(child), true, outcome)
+            }
+            Entry::Leaf { pa, attributes } => {
+                if segments
+                    .iter()
+                    .all(|s| leaves_leaf_unchanged(s, entry_va, pa, attributes))
+                {
+                    return Slot::Leaf { pa, attributes };
+                }
+                // Split: the new table holds the same translations, so linking it changes no
+                // address (SDM 4.10.2.3: never change page size and attributes in one store).
+                let view = View::Split { pa, attributes };
+                let child = self.new_table(view, child_level);
+                self.store(target, index, C::encode_table(child.unwrap_or(0), level));
+                let outcome = self.update_table(child, view, child_level, entry_va, segments, can_merge);
+                self.settle(target, level, index, entry_va, child, true, outcome)
+            }
+            Entry::Invalid => {
+                if !segments.iter().any(|s| matches!(s.action, Action::Map { .. })) {
+                    if let Some(op) = segments.iter().filter_map(|s| s.check).min() {
+                        self.fail(op, PtError::NoMapping);
+                    }
+                    return Slot::Invalid;
+                }
+                // A new table is complete before the store that links it.
+                let child = self.new_table(View::Empty, child_level);
+                let outcome = self.update_table(child, View::Empty, child_level, entry_va, segments, can_merge);
+                self.settle(target, level, index, entry_va, child, false, outcome)
+            }
+        }
+    }
+
+    /// Decides what entry `index` (at `level`) holds after its table `child` was updated.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        target: Option<u64>,
+        level: u8,
+        index: usize,
+        entry_va: u64,
+        child: Option<u64>,
+        linked: bool,
+        outcome: Outcome,
+    ) -> Slot {
+        let size = Geometry::entry_size(level);
+        let (raw, slot) = match outcome {
+            Outcome::Empty => (INVALID_ENTRY, Slot::Invalid),
+            Outcome::Uniform { pa, attributes } if self.geometry.leaf_allowed(level) && pa % size == 0 => {
+                (C::encode_leaf(pa, attributes, level), Slot::Leaf { pa, attributes })
+            }
+            _ => {
+                if !linked {
+                    self.store(target, index, C::encode_table(child.unwrap_or(0), level));
+                }
+                return Slot::Table;
+            }
+        };
+        if linked || slot != Slot::Invalid {
+            self.store(target, index, raw);
+        }
+        if linked {
+            // The paging-structure caches may hold the old table pointer (SDM 4.10.4.1).
+            self.record_invalidation(entry_va);
+        }
+        self.free_table(child);
+        slot
+    }
+
+    /// Replaces entry `index` (old content `old_raw`) by the leaf or invalid `new`.
+    /// `checked` carries the segments when every old page must have been mapped.
+    #[allow(clippy::too_many_arguments)]
+    fn replace(
+        &mut self,
+        target: Option<u64>,
+        level: u8,
+        index: usize,
+        entry_va: u64,
+        old_raw: u64,
+        old: Entry,
+        new: Slot,
+        checked: Option<&[Segment]>,
+    ) {
+        let new_raw = match new {
+            Slot::Leaf { pa, attributes } => C::encode_leaf(pa, attributes, level),
+            Slot::Invalid | Slot::Table => INVALID_ENTRY,
+        };
+        if let Entry::Table(child) = old {
+            self.discard(child, level - 1, entry_va, (entry_va, new), checked);
+            self.store(target, index, new_raw);
+            self.record_invalidation(entry_va);
+        } else if new_raw != old_raw {
+            self.store(target, index, new_raw);
+            if C::is_live(old_raw) {
+                self.record_invalidation(entry_va);
+            }
+        }
+    }
+
+    /// Frees the subtree at `table` (entries of `level`) that `new` (the entry at `new.0`)
+    /// replaces, recording the invalidation of each live leaf whose translation changes,
+    /// and checking that every page was mapped where `checked` requires it.
+    fn discard(&mut self, table: u64, level: u8, table_va: u64, new: (u64, Slot), checked: Option<&[Segment]>) {
+        let size = Geometry::entry_size(level);
+        for index in 0..ENTRIES_PER_TABLE {
+            let raw = self.memory.read(table, index);
+            let entry_va = table_va + index as u64 * size;
+            match C::decode(raw, level) {
+                Entry::Invalid => {
+                    let op = checked.and_then(|segments| {
+                        segments
+                            .iter()
+                            .find(|s| s.start <= entry_va && entry_va < s.end)
+                            .and_then(|s| s.check)
+                    });
+                    if let Some(op) = op {
+                        self.fail(op, PtError::NoMapping);
+                    }
+                }
+                Entry::Leaf { pa, attributes } => {
+                    let same = match new {
+                        (
+                            new_va,
+                            Slot::Leaf {
+                                pa: new_pa,
+                                attributes: new_attributes,
+                            },
+                        ) => new_attributes == attributes && new_pa.wrapping_add(entry_va - new_va) == pa,
+                        _ => false,
+                    };
+                    if C::is_live(raw) && !same {
+                        self.record_invalidation(entry_va);
+                    }
+                }
+                Entry::Table(child) => self.discard(child, level - 1, entry_va, new, checked),
+            }
+        }
+        self.free_table(Some(table));
+    }
+
+    /// Whether linear `start..end` is fully mapped in the table at `table` (entries of
+    /// `level`, covering from `table_va`).
+    fn fully_mapped(&self, table: u64, level: u8, table_va: u64, start: u64, end: u64) -> bool {
+        let size = Geometry::entry_size(level);
+        let mut va = start;
+        while va < end {
+            let index = Geometry::index(va, level);
+            let entry_va = table_va + index as u64 * size;
+            let entry_end = (entry_va + size).min(end);
+            let mapped = match C::decode(self.memory.read(table, index), level) {
+                Entry::Invalid => false,
+                Entry::Leaf { .. } => true,
+                Entry::Table(child) => self.fully_mapped(child, level - 1, entry_va, va, entry_end),
+            };
+            if !mapped {
+                return false;
+            }
+            va = entry_end;
+        }
+        true
+    }
+}

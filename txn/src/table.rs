@@ -1,0 +1,121 @@
+//! `Tables`: a page table of one architecture, generic over the codec, the page
+//! allocator and the TLB interface. The arch crates wrap it in their public types.
+
+use crate::allocator::PageAllocator;
+use crate::codec::{Codec, Entry};
+use crate::error::PtError;
+use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
+use crate::memory::TableMemory;
+use crate::tlb::Tlb;
+use crate::transaction::Transaction;
+
+/// A page table: its root, geometry, allocator and TLB interface.
+pub struct Tables<C: Codec, P: PageAllocator, T: Tlb> {
+    root: u64,
+    geometry: Geometry,
+    allocator: P,
+    tlb: T,
+    _codec: core::marker::PhantomData<C>,
+}
+
+impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
+    /// Creates an empty table: allocates and zeroes the root page.
+    pub fn new(mut allocator: P, geometry: Geometry, tlb: T) -> Result<Self, PtError> {
+        let root = allocate_table_page(&mut allocator)?;
+        TableMemory::new(&allocator).fill(root, |_| crate::codec::INVALID_ENTRY);
+        Ok(Self {
+            root,
+            geometry,
+            allocator,
+            tlb,
+            _codec: core::marker::PhantomData,
+        })
+    }
+
+    /// Opens an existing table rooted at `root`.
+    ///
+    /// # Safety
+    /// `root` must be the root of a well-formed table of this architecture and geometry,
+    /// whose table pages `allocator.physical_to_pointer` reaches, and that nothing else
+    /// changes while this value uses it.
+    pub unsafe fn from_existing(root: u64, allocator: P, geometry: Geometry, tlb: T) -> Result<Self, PtError> {
+        if root % PAGE_SIZE != 0 {
+            return Err(PtError::UnalignedPageBase);
+        }
+        Ok(Self {
+            root,
+            geometry,
+            allocator,
+            tlb,
+            _codec: core::marker::PhantomData,
+        })
+    }
+
+    /// Physical address of the root table.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// The paging geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// The page allocator.
+    pub fn allocator(&self) -> &P {
+        &self.allocator
+    }
+
+    /// The page allocator, mutably (do not use it to change table pages).
+    pub fn allocator_mut(&mut self) -> &mut P {
+        &mut self.allocator
+    }
+
+    /// The TLB interface.
+    pub fn tlb(&self) -> &T {
+        &self.tlb
+    }
+
+    /// Gives up the table, returning its root and the allocator.
+    pub fn into_parts(self) -> (u64, P, T) {
+        (self.root, self.allocator, self.tlb)
+    }
+
+    /// Starts a transaction on this table.
+    pub fn transaction(&mut self) -> Transaction<'_, C, P, T> {
+        Transaction::new(self)
+    }
+
+    pub(crate) fn parts_mut(&mut self) -> (u64, Geometry, &mut P, &T) {
+        (self.root, self.geometry, &mut self.allocator, &self.tlb)
+    }
+
+    /// Reads one raw entry (for dumps and decoders).
+    pub fn read_entry(&self, table: u64, index: usize) -> u64 {
+        TableMemory::new(&self.allocator).read(table, index)
+    }
+
+    /// Number of table pages reachable from the root, the root included.
+    pub fn table_pages(&self) -> usize {
+        fn count<C: Codec, P: PageAllocator>(memory: &TableMemory<'_, P>, table: u64, level: u8) -> usize {
+            let mut pages = 1;
+            for index in 0..ENTRIES_PER_TABLE {
+                if let Entry::Table(child) = C::decode(memory.read(table, index), level) {
+                    pages += count::<C, P>(memory, child, level - 1);
+                }
+            }
+            pages
+        }
+        count::<C, P>(&TableMemory::new(&self.allocator), self.root, self.geometry.top_level())
+    }
+}
+
+/// Allocates one table page and checks its alignment.
+pub(crate) fn allocate_table_page(allocator: &mut impl PageAllocator) -> Result<u64, PtError> {
+    let page = allocator.allocate_page(PAGE_SIZE, PAGE_SIZE)?;
+    if page % PAGE_SIZE != 0 {
+        allocator.free_page(page, PAGE_SIZE);
+        return Err(PtError::UnalignedPageBase);
+    }
+    Ok(page)
+}

@@ -1,0 +1,327 @@
+//! `Transaction`: queued ops, planned as a whole, committed all or nothing.
+
+use smallvec::SmallVec;
+
+use crate::allocator::PageAllocator;
+use crate::attributes::MemoryAttributes;
+use crate::codec::Codec;
+use crate::error::{PtError, TxnError};
+use crate::geometry::{Geometry, PAGE_SIZE};
+use crate::overlay::{Action, Change, Overlay};
+use crate::plan::{Counts, Walk};
+use crate::table::{allocate_table_page, Tables};
+use crate::tlb::{FlushBatch, Tlb};
+
+/// One queued request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Map `size` bytes at virtual `va` to physical `pa`.
+    Map {
+        /// Virtual address.
+        va: u64,
+        /// Physical address.
+        pa: u64,
+        /// Bytes.
+        size: u64,
+        /// Attributes of the new mapping.
+        attributes: MemoryAttributes,
+    },
+    /// Unmap `size` bytes at `va` (all must be mapped).
+    Unmap {
+        /// Virtual address.
+        va: u64,
+        /// Bytes.
+        size: u64,
+    },
+    /// Change the attributes of `size` mapped bytes at `va`, keeping output addresses.
+    Protect {
+        /// Virtual address.
+        va: u64,
+        /// Bytes.
+        size: u64,
+        /// New access bits, and the new cache type if one is given.
+        attributes: MemoryAttributes,
+    },
+}
+
+/// What a range becomes, as the plan reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalState {
+    /// Mapped to `pa` with `attributes`.
+    Mapped {
+        /// Physical address of the range's first byte.
+        pa: u64,
+        /// Attributes.
+        attributes: MemoryAttributes,
+    },
+    /// Unmapped.
+    Unmapped,
+    /// Output addresses kept; each page gets `attributes` (keeping its cache type when
+    /// `attributes` names none).
+    Reprotected {
+        /// The change.
+        attributes: MemoryAttributes,
+    },
+}
+
+/// A touched range and its final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedRange {
+    /// Canonical virtual address.
+    pub va: u64,
+    /// Bytes.
+    pub size: u64,
+    /// What it becomes.
+    pub state: FinalState,
+}
+
+/// The result of a dry run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Every touched range with its final state, sorted by linear address.
+    pub ranges: alloc::vec::Vec<PlannedRange>,
+    /// Entry stores the commit would make (512 for each new table).
+    pub entries_to_write: usize,
+    /// Table pages the commit would allocate.
+    pub tables_to_allocate: usize,
+    /// Table pages the commit would free.
+    pub tables_to_free: usize,
+    /// Pages the commit would invalidate one by one.
+    pub pages_to_invalidate: alloc::vec::Vec<u64>,
+    /// Whether the commit would flush the whole TLB instead.
+    pub full_flush: bool,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// 64-bit entry stores (512 for each new table).
+    pub entries_written: usize,
+    /// Table pages allocated.
+    pub tables_allocated: usize,
+    /// Table pages given back to the allocator.
+    pub tables_freed: usize,
+    /// Single-page invalidations issued.
+    pub pages_invalidated: usize,
+    /// Full TLB flushes issued (0 or 1).
+    pub full_flushes: usize,
+}
+
+impl CommitReport {
+    /// Adds another report's counts to this one.
+    pub fn accumulate(&mut self, other: &CommitReport) {
+        self.entries_written += other.entries_written;
+        self.tables_allocated += other.tables_allocated;
+        self.tables_freed += other.tables_freed;
+        self.pages_invalidated += other.pages_invalidated;
+        self.full_flushes += other.full_flushes;
+    }
+}
+
+/// A set of ops on one table, applied together by [`commit`](Self::commit).
+///
+/// Ops apply in queue order; where they overlap the later one wins. An unmap or protect
+/// needs its whole range mapped at that point of the sequence.
+pub struct Transaction<'t, C: Codec, P: PageAllocator, T: Tlb> {
+    table: &'t mut Tables<C, P, T>,
+    ops: SmallVec<[Op; 1]>,
+}
+
+impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
+    pub(crate) fn new(table: &'t mut Tables<C, P, T>) -> Self {
+        Self {
+            table,
+            ops: SmallVec::new(),
+        }
+    }
+
+    /// Queues an identity map (VA == PA) of `size` bytes at `address`.
+    pub fn map(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> &mut Self {
+        self.push(Op::Map {
+            va: address,
+            pa: address,
+            size,
+            attributes,
+        })
+    }
+
+    /// Queues a map of `size` bytes at virtual `va` to physical `pa`.
+    pub fn map_aliased(&mut self, va: u64, pa: u64, size: u64, attributes: MemoryAttributes) -> &mut Self {
+        self.push(Op::Map {
+            va,
+            pa,
+            size,
+            attributes,
+        })
+    }
+
+    /// Queues an unmap of `size` bytes at `address`.
+    pub fn unmap(&mut self, address: u64, size: u64) -> &mut Self {
+        self.push(Op::Unmap { va: address, size })
+    }
+
+    /// Queues a change of attributes of `size` mapped bytes at `address`.
+    pub fn protect(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> &mut Self {
+        self.push(Op::Protect {
+            va: address,
+            size,
+            attributes,
+        })
+    }
+
+    /// Queues any op.
+    pub fn push(&mut self, op: Op) -> &mut Self {
+        self.ops.push(op);
+        self
+    }
+
+    /// The queued ops.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Dry run: what a commit would do, or the error it would return. Changes nothing.
+    pub fn plan(&self) -> Result<Plan, TxnError> {
+        let overlay = self.fold()?;
+        let geometry = self.table.geometry();
+        let walk = self.dry_run(&overlay)?;
+        let ranges = overlay
+            .segments()
+            .iter()
+            .map(|s| PlannedRange {
+                va: geometry.to_canonical(s.start),
+                size: s.end - s.start,
+                state: match s.action {
+                    Action::Map { pa } => FinalState::Mapped {
+                        pa,
+                        attributes: s.attributes,
+                    },
+                    Action::Unmap => FinalState::Unmapped,
+                    Action::Protect => FinalState::Reprotected {
+                        attributes: s.attributes,
+                    },
+                },
+            })
+            .collect();
+        Ok(Plan {
+            ranges,
+            entries_to_write: walk.counts.entries_written,
+            tables_to_allocate: walk.counts.tables_allocated,
+            tables_to_free: walk.counts.tables_freed,
+            pages_to_invalidate: walk.flush.pages().to_vec(),
+            full_flush: walk.flush.is_full(),
+        })
+    }
+
+    /// Validates every op, allocates every table page needed, then applies all ops and
+    /// issues one invalidation batch. On error nothing changed and every page taken was
+    /// given back. Either way the queue is empty afterwards, ready for the next batch.
+    pub fn commit(&mut self) -> Result<CommitReport, TxnError> {
+        let result = self.commit_queued();
+        self.ops.clear();
+        result
+    }
+
+    fn commit_queued(&mut self) -> Result<CommitReport, TxnError> {
+        let overlay = self.fold()?;
+        let counts = self.dry_run(&overlay)?.counts;
+        let (root, geometry, allocator, tlb) = self.table.parts_mut();
+        let mut pool: SmallVec<[u64; 8]> = SmallVec::with_capacity(counts.tables_allocated);
+        for _ in 0..counts.tables_allocated {
+            match allocate_table_page(allocator) {
+                Ok(page) => pool.push(page),
+                Err(error) => {
+                    for &page in &pool {
+                        allocator.free_page(page, PAGE_SIZE);
+                    }
+                    return Err(TxnError::whole(error));
+                }
+            }
+        }
+        let allocator: &P = allocator;
+        let mut walk = Walk::<C, P>::apply(allocator, geometry, &pool);
+        walk.run(root, &overlay);
+        debug_assert_eq!(walk.counts, counts, "the apply run must repeat the dry run");
+        debug_assert!(walk.error.is_none(), "the apply run cannot fail");
+        walk.flush.issue(tlb);
+        let report = CommitReport {
+            entries_written: walk.counts.entries_written,
+            tables_allocated: walk.counts.tables_allocated,
+            tables_freed: walk.counts.tables_freed,
+            pages_invalidated: walk.flush.pages().len(),
+            full_flushes: usize::from(walk.flush.is_full()),
+        };
+        let freed = core::mem::take(&mut walk.freed);
+        drop(walk);
+        let allocator = self.table.allocator_mut();
+        for page in freed {
+            allocator.free_page(page, PAGE_SIZE);
+        }
+        Ok(report)
+    }
+
+    /// Validates and folds the ops. On the first bad op, reports the earliest failing op
+    /// among it and those before it.
+    fn fold(&self) -> Result<Overlay, TxnError> {
+        let geometry = self.table.geometry();
+        let mut overlay = Overlay::default();
+        for (index, op) in self.ops.iter().enumerate() {
+            let op_number = u32::try_from(index).map_err(|_| TxnError::whole(PtError::InvalidParameter))?;
+            let result = check_op::<C>(&geometry, op)
+                .and_then(|(start, end, change)| overlay.fold(op_number, start, end, change));
+            if let Err(error) = result {
+                // An op before this one may already fail against the table.
+                return match self.dry_run(&overlay) {
+                    Err(earlier) => Err(earlier),
+                    Ok(_) => Err(TxnError::at(index, error)),
+                };
+            }
+        }
+        Ok(overlay)
+    }
+
+    fn dry_run(&self, overlay: &Overlay) -> Result<DryRun, TxnError> {
+        let mut walk = Walk::<C, P>::dry(self.table.allocator(), self.table.geometry());
+        walk.run(self.table.root(), overlay);
+        match walk.error {
+            Some((u32::MAX, error)) => Err(TxnError::whole(error)),
+            Some((op, error)) => Err(TxnError::at(op as usize, error)),
+            None => Ok(DryRun {
+                counts: walk.counts,
+                flush: walk.flush,
+            }),
+        }
+    }
+}
+
+/// What a dry run found.
+struct DryRun {
+    counts: Counts,
+    flush: FlushBatch,
+}
+
+/// Checks one op's arguments and turns it into a linear range and a change.
+fn check_op<C: Codec>(geometry: &Geometry, op: &Op) -> Result<(u64, u64, Change), PtError> {
+    match *op {
+        Op::Map {
+            va,
+            pa,
+            size,
+            attributes,
+        } => {
+            let (start, end) = geometry.linear_range(va, size)?;
+            geometry.check_physical_range(pa, size)?;
+            C::check_map_attributes(attributes)?;
+            Ok((start, end, Change::Map { pa, attributes }))
+        }
+        Op::Unmap { va, size } => {
+            let (start, end) = geometry.linear_range(va, size)?;
+            Ok((start, end, Change::Unmap))
+        }
+        Op::Protect { va, size, attributes } => {
+            let (start, end) = geometry.linear_range(va, size)?;
+            C::check_protect_attributes(attributes)?;
+            Ok((start, end, Change::Protect { attributes }))
+        }
+    }
+}
