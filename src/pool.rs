@@ -141,12 +141,15 @@ impl PageAllocator for PagePool {
         }
     }
 
+    #[inline]
     fn physical_to_pointer(&self, address: u64) -> *mut u8 {
-        match self.index(address & !(PAGE_SIZE - 1)) {
-            // SAFETY: the index is inside the arena, so the offset stays within it.
-            Some(index) => unsafe { self.memory.as_ptr().add(index * PAGE_SIZE as usize) },
-            None => panic!("physical address {address:#x} is not a page of this pool"),
-        }
+        let offset = address.wrapping_sub(self.base) & !(PAGE_SIZE - 1);
+        assert!(
+            offset < self.pages as u64 * PAGE_SIZE,
+            "physical address {address:#x} is not a page of this pool"
+        );
+        // SAFETY: `offset` is inside the arena (checked above).
+        unsafe { self.memory.as_ptr().add(offset as usize) }
     }
 }
 

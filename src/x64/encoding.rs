@@ -89,6 +89,7 @@ pub const PAT_LAYOUT: u64 = memory_type::WB
     | memory_type::WC << 56;
 
 /// PAT index for a cache attribute (at most one bit set).
+#[inline]
 fn pat_index(cache: MemoryAttributes) -> u64 {
     match cache {
         c if c == MemoryAttributes::WriteThrough => 1,
@@ -102,6 +103,7 @@ fn pat_index(cache: MemoryAttributes) -> u64 {
 }
 
 /// Cache attribute for a PAT index.
+#[inline]
 fn cache_of(index: u64) -> MemoryAttributes {
     match index {
         1 => MemoryAttributes::WriteThrough,
@@ -116,6 +118,7 @@ fn cache_of(index: u64) -> MemoryAttributes {
 
 /// Rejects unknown bits (`InvalidParameter`) and more than one cache attribute
 /// (`IncompatibleMemoryAttributes`).
+#[inline]
 fn check_attributes(attributes: MemoryAttributes) -> Result<(), PtError> {
     if attributes.unknown_bits() != 0 {
         return Err(PtError::InvalidParameter);
@@ -134,6 +137,7 @@ impl Codec for X64Codec {
     /// Linux's choice: up to 33 INVLPGs, then a CR3 reload.
     const PAGE_INVALIDATION_LIMIT: usize = 33;
 
+    #[inline]
     fn decode(raw: u64, level: u8) -> Entry {
         let present = raw & P != 0;
         if !present && raw & SW_READ_PROTECTED == 0 {
@@ -157,6 +161,7 @@ impl Codec for X64Codec {
         Entry::Leaf { pa, attributes }
     }
 
+    #[inline]
     fn encode_leaf(pa: u64, attributes: MemoryAttributes, level: u8) -> u64 {
         let index = pat_index(attributes.cache());
         let pat_bit = if level == 0 { PAT_4K } else { PAT_LARGE | PS };
@@ -187,18 +192,22 @@ impl Codec for X64Codec {
         raw
     }
 
+    #[inline]
     fn encode_table(pa: u64, _level: u8) -> u64 {
         (pa & ADDRESS_4K) | P | RW
     }
 
+    #[inline]
     fn is_live(raw: u64) -> bool {
         raw & P != 0
     }
 
+    #[inline]
     fn check_map_attributes(attributes: MemoryAttributes) -> Result<(), PtError> {
         check_attributes(attributes)
     }
 
+    #[inline]
     fn check_protect_attributes(attributes: MemoryAttributes) -> Result<(), PtError> {
         check_attributes(attributes)
     }

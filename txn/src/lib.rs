@@ -1,9 +1,10 @@
 //! The architecture-neutral transaction engine of `txpaging`.
 //!
 //! A [`Tables`] value owns a page table of one architecture (a [`Codec`]). Changes are
-//! queued in a [`Transaction`], folded into an overlay, planned by a dry-run walk that
-//! validates everything and counts the table pages needed, and committed by a second walk
-//! that cannot fail, followed by one batch of TLB invalidations.
+//! queued in a [`Transaction`], folded into an overlay (`overlay`), planned by one
+//! read-only walk that validates everything and records every store and every table page
+//! needed (`plan`), then committed: all pages allocated, the recorded stores applied
+//! (which cannot fail), and one batch of TLB invalidations issued (`apply`).
 //!
 //! Users normally reach this through the `txpaging` crate.
 #![no_std]
@@ -14,6 +15,7 @@
 extern crate alloc;
 
 mod allocator;
+mod apply;
 mod attributes;
 mod codec;
 mod error;

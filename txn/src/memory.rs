@@ -19,6 +19,7 @@ impl<'a, P: PageAllocator> TableMemory<'a, P> {
         Self { allocator }
     }
 
+    #[inline]
     fn slot(&self, table: u64, index: usize) -> &AtomicU64 {
         debug_assert!(index < ENTRIES_PER_TABLE);
         let base = self.allocator.physical_to_pointer(table);
@@ -30,11 +31,13 @@ impl<'a, P: PageAllocator> TableMemory<'a, P> {
     }
 
     /// Entry `index` of the table at `table`.
+    #[inline]
     pub(crate) fn read(&self, table: u64, index: usize) -> u64 {
         self.slot(table, index).load(Ordering::Relaxed)
     }
 
     /// Stores `value` into entry `index` of the table at `table` with one 64-bit store.
+    #[inline]
     pub(crate) fn write(&self, table: u64, index: usize, value: u64) {
         self.slot(table, index).store(value, Ordering::Relaxed)
     }

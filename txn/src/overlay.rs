@@ -103,6 +103,10 @@ impl Overlay {
     /// Folds op number `op` changing linear `start..end`. Fails with `NoMapping` if it
     /// unmaps or protects a range an earlier op of the transaction left unmapped.
     pub(crate) fn fold(&mut self, op: u32, start: u64, end: u64, change: Change) -> Result<(), PtError> {
+        if self.segments.is_empty() {
+            self.segments.push(fresh(op, start, start, end, change));
+            return Ok(());
+        }
         let first = self.segments.partition_point(|s| s.end <= start);
         let mut last = first;
         while last < self.segments.len() && self.segments[last].start < end {
@@ -205,5 +209,73 @@ fn fresh(op: u32, op_start: u64, start: u64, end: u64, change: Change) -> Segmen
         action,
         attributes,
         check,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WB: MemoryAttributes = MemoryAttributes::Writeback;
+    const RO: MemoryAttributes = MemoryAttributes::ReadOnly;
+
+    fn map(pa: u64) -> Change {
+        Change::Map { pa, attributes: WB }
+    }
+
+    #[test]
+    fn adjacent_contiguous_maps_coalesce_into_one_segment() {
+        let mut overlay = Overlay::default();
+        for page in 0..16u64 {
+            overlay
+                .fold(page as u32, page * 0x1000, (page + 1) * 0x1000, map(page * 0x1000))
+                .unwrap();
+        }
+        assert_eq!(overlay.segments().len(), 1);
+        assert_eq!(overlay.segments()[0].end, 0x10000);
+    }
+
+    #[test]
+    fn later_op_overwrites_the_middle_of_an_earlier_one() {
+        let mut overlay = Overlay::default();
+        overlay.fold(0, 0, 0x4000, map(0x10_0000)).unwrap();
+        overlay
+            .fold(1, 0x1000, 0x2000, Change::Protect { attributes: RO })
+            .unwrap();
+        let s = overlay.segments();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[1].action, Action::Map { pa: 0x10_1000 });
+        assert_eq!(s[1].attributes, WB | RO, "protect keeps the mapped cache type");
+        assert_eq!(s[2].action, Action::Map { pa: 0x10_2000 });
+        assert!(s.iter().all(|s| s.check.is_none()));
+    }
+
+    #[test]
+    fn unmap_over_untouched_range_requires_the_table_mapping() {
+        let mut overlay = Overlay::default();
+        overlay.fold(3, 0x1000, 0x3000, Change::Unmap).unwrap();
+        assert_eq!(overlay.segments()[0].check, Some(3));
+    }
+
+    #[test]
+    fn unmap_of_a_range_unmapped_earlier_in_the_transaction_fails() {
+        let mut overlay = Overlay::default();
+        overlay.fold(0, 0, 0x2000, map(0)).unwrap();
+        overlay.fold(1, 0, 0x2000, Change::Unmap).unwrap();
+        assert_eq!(overlay.fold(2, 0x1000, 0x3000, Change::Unmap), Err(PtError::NoMapping));
+        assert_eq!(
+            overlay.fold(2, 0x1000, 0x2000, Change::Protect { attributes: RO }),
+            Err(PtError::NoMapping)
+        );
+    }
+
+    #[test]
+    fn map_over_a_checked_range_keeps_the_check_aside() {
+        let mut overlay = Overlay::default();
+        overlay.fold(0, 0, 0x2000, Change::Protect { attributes: RO }).unwrap();
+        overlay.fold(1, 0x1000, 0x3000, map(0x1000)).unwrap();
+        assert_eq!(overlay.deferred_checks(), &[(0x1000, 0x2000, 0)]);
+        assert_eq!(overlay.segments()[0].check, Some(0));
+        assert_eq!(overlay.segments()[1].check, None);
     }
 }

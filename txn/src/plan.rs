@@ -1,10 +1,10 @@
-//! The planner: one walk from the root over the tables the overlay touches.
+//! The planner: one read-only walk from the root over the tables the overlay touches.
 //!
-//! The same walk runs twice. The *dry* run reads the table, counts what it would do
-//! (entries, new tables, freed tables, invalidations) and finds every failed
-//! precondition; it never stores. The *apply* run makes exactly the same decisions
-//! (it reads the same unchanged table) and performs them with pages allocated
-//! beforehand, so it cannot fail.
+//! The walk never stores. It checks every precondition and records what the commit will
+//! do: the new tables (and what fills them), every entry store in order, the tables to
+//! free and the invalidations. New tables are named by their number in the plan until
+//! `apply` has pages for them. The walk only ever reads entries it has not planned to
+//! change, so the recorded stores are exactly what a direct update would have done.
 //!
 //! At each entry:
 //! - the overlay covers the entry uniformly and the level may hold that leaf: write the
@@ -160,58 +160,110 @@ fn leaves_leaf_unchanged(segment: &Segment, entry_va: u64, pa: u64, attributes: 
     }
 }
 
-/// One run of the planner.
+/// A table the plan refers to: one that exists, or the plan's new table number `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TableRef {
+    Existing(u64),
+    New(u32),
+}
+
+/// The value of a planned store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value {
+    /// This raw entry.
+    Raw(u64),
+    /// A pointer (held at `level`) to the plan's new table number `table`.
+    NewTable { table: u32, level: u8 },
+}
+
+/// One planned 64-bit store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Store {
+    pub(crate) table: TableRef,
+    pub(crate) index: u16,
+    pub(crate) value: Value,
+}
+
+/// A new table: what its 512 entries (of `level`) start as.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewTable {
+    view: View,
+    level: u8,
+}
+
+impl NewTable {
+    /// The initial raw entry `index`.
+    pub(crate) fn entry<C: Codec>(&self, index: usize) -> u64 {
+        view_entry::<C>(self.view, index, self.level)
+    }
+}
+
+/// Entry `index` of a new table described by `view` (not `Memory`).
+fn view_entry<C: Codec>(view: View, index: usize, level: u8) -> u64 {
+    match view {
+        View::Split { pa, attributes } => {
+            C::encode_leaf(pa + index as u64 * Geometry::entry_size(level), attributes, level)
+        }
+        View::Empty | View::Memory(_) => INVALID_ENTRY,
+    }
+}
+
+/// What a commit will do, in order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recorded {
+    /// Tables to allocate and fill before any store.
+    pub(crate) new_tables: SmallVec<[NewTable; 2]>,
+    /// Stores, in the order they must happen.
+    pub(crate) stores: SmallVec<[Store; 4]>,
+    /// Tables to give back after the invalidations.
+    pub(crate) freed: SmallVec<[TableRef; 2]>,
+    /// The invalidations.
+    pub(crate) flush: FlushBatch,
+    /// The counts.
+    pub(crate) counts: Counts,
+}
+
+/// The planner's walk.
 pub(crate) struct Walk<'a, C: Codec, P: PageAllocator> {
     memory: TableMemory<'a, P>,
     geometry: Geometry,
-    /// Pages for new tables; `None` in a dry run.
-    pool: Option<&'a [u64]>,
-    next_page: usize,
-    pub(crate) counts: Counts,
-    pub(crate) flush: FlushBatch,
-    /// Tables to give back after the flush (apply run).
-    pub(crate) freed: SmallVec<[u64; 8]>,
+    pub(crate) plan: Recorded,
     /// The first failed precondition: (op, error), smallest op wins.
     pub(crate) error: Option<(u32, PtError)>,
     _codec: core::marker::PhantomData<C>,
 }
 
 impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
-    /// A dry run: counts and checks, never stores.
-    pub(crate) fn dry(allocator: &'a P, geometry: Geometry) -> Self {
-        Self::new(allocator, geometry, None)
-    }
-
-    /// An apply run that takes new tables from `pool`.
-    pub(crate) fn apply(allocator: &'a P, geometry: Geometry, pool: &'a [u64]) -> Self {
-        Self::new(allocator, geometry, Some(pool))
-    }
-
-    fn new(allocator: &'a P, geometry: Geometry, pool: Option<&'a [u64]>) -> Self {
+    /// A walk over the table reached through `allocator`.
+    pub(crate) fn new(allocator: &'a P, geometry: Geometry) -> Self {
         Self {
             memory: TableMemory::new(allocator),
             geometry,
-            pool,
-            next_page: 0,
-            counts: Counts::default(),
-            flush: FlushBatch::new(C::PAGE_INVALIDATION_LIMIT),
-            freed: SmallVec::new(),
+            plan: Recorded {
+                flush: FlushBatch::new(C::PAGE_INVALIDATION_LIMIT),
+                ..Recorded::default()
+            },
             error: None,
             _codec: core::marker::PhantomData,
         }
     }
 
-    /// Walks `overlay` over the table rooted at `root`.
+    /// Plans `overlay` over the table rooted at `root`.
     pub(crate) fn run(&mut self, root: u64, overlay: &Overlay) {
-        if self.pool.is_none() {
-            for &(start, end, op) in overlay.deferred_checks() {
-                if !self.fully_mapped(root, self.geometry.top_level(), 0, start, end) {
-                    self.fail(op, PtError::NoMapping);
-                }
+        for &(start, end, op) in overlay.deferred_checks() {
+            if !self.fully_mapped(root, self.geometry.top_level(), 0, start, end) {
+                self.fail(op, PtError::NoMapping);
             }
         }
         let top = self.geometry.top_level();
-        self.update_table(Some(root), View::Memory(root), top, 0, overlay.segments(), false);
+        self.update_table(
+            TableRef::Existing(root),
+            View::Memory(root),
+            top,
+            0,
+            overlay.segments(),
+            false,
+        );
     }
 
     fn fail(&mut self, op: u32, error: PtError) {
@@ -222,55 +274,43 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     }
 
     fn record_invalidation(&mut self, linear_va: u64) {
-        self.flush.record(self.geometry.to_canonical(linear_va));
+        self.plan.flush.record(self.geometry.to_canonical(linear_va));
     }
 
-    fn store(&mut self, table: Option<u64>, index: usize, value: u64) {
-        self.counts.entries_written += 1;
-        if self.pool.is_some() {
-            match table {
-                Some(table) => self.memory.write(table, index, value),
-                None => self.fail(u32::MAX, PtError::InternalError),
-            }
-        }
+    fn store(&mut self, table: TableRef, index: usize, value: Value) {
+        self.plan.counts.entries_written += 1;
+        self.plan.stores.push(Store {
+            table,
+            index: index as u16,
+            value,
+        });
     }
 
-    /// Takes a page for a new table and fills it with `view`'s entries (of `level`).
-    fn new_table(&mut self, view: View, level: u8) -> Option<u64> {
-        self.counts.tables_allocated += 1;
-        self.counts.entries_written += ENTRIES_PER_TABLE;
-        let pool = self.pool?;
-        let Some(&page) = pool.get(self.next_page) else {
-            self.fail(u32::MAX, PtError::InternalError);
-            return None;
-        };
-        self.next_page += 1;
-        self.memory
-            .fill(page, |index| Self::view_entry_unread(view, index, level));
-        Some(page)
+    /// Plans a new table filled with `view`'s entries (of `level`).
+    fn new_table(&mut self, view: View, level: u8) -> TableRef {
+        self.plan.counts.tables_allocated += 1;
+        self.plan.counts.entries_written += ENTRIES_PER_TABLE;
+        self.plan.new_tables.push(NewTable { view, level });
+        TableRef::New(self.plan.new_tables.len() as u32 - 1)
     }
 
-    fn free_table(&mut self, table: Option<u64>) {
-        self.counts.tables_freed += 1;
-        if let Some(table) = table.filter(|_| self.pool.is_some()) {
-            self.freed.push(table);
-        }
-    }
-
-    /// Entry `index` of a new table described by `view` (not `Memory`).
-    fn view_entry_unread(view: View, index: usize, level: u8) -> u64 {
-        match view {
-            View::Split { pa, attributes } => {
-                C::encode_leaf(pa + index as u64 * Geometry::entry_size(level), attributes, level)
-            }
-            View::Empty | View::Memory(_) => INVALID_ENTRY,
-        }
+    fn free_table(&mut self, table: TableRef) {
+        self.plan.counts.tables_freed += 1;
+        self.plan.freed.push(table);
     }
 
     fn old_entry(&self, view: View, index: usize, level: u8) -> u64 {
         match view {
             View::Memory(table) => self.memory.read(table, index),
-            other => Self::view_entry_unread(other, index, level),
+            other => view_entry::<C>(other, index, level),
+        }
+    }
+
+    /// A store of a pointer to `table` into an entry of `level`.
+    fn table_pointer(table: TableRef, level: u8) -> Value {
+        match table {
+            TableRef::Existing(pa) => Value::Raw(C::encode_table(pa, level)),
+            TableRef::New(table) => Value::NewTable { table, level },
         }
     }
 
@@ -279,7 +319,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     /// `can_merge` says whether a uniform result could become a leaf in the parent.
     fn update_table(
         &mut self,
-        target: Option<u64>,
+        target: TableRef,
         view: View,
         level: u8,
         table_va: u64,
@@ -352,7 +392,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     /// Applies `segments` (overlapping this entry) to entry `index` of a table at `level`.
     fn update_entry(
         &mut self,
-        target: Option<u64>,
+        target: TableRef,
         view: View,
         level: u8,
         index: usize,
@@ -404,16 +444,10 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         let child_level = level - 1;
         let can_merge = self.geometry.leaf_allowed(level);
         match old {
-            Entry::Table(child) => {
-                let outcome = self.update_table(
-                    Some(child),
-                    View::Memory(child),
-                    child_level,
-                    entry_va,
-                    segments,
-                    can_merge,
-                );
-                self.settle(target, level, index, entry_va, Some(child), true, outcome)
+            Entry::Table(pa) => {
+                let child = TableRef::Existing(pa);
+                let outcome = self.update_table(child, View::Memory(pa), child_level, entry_va, segments, can_merge);
+                self.settle(target, level, index, entry_va, child, true, outcome)
             }
             Entry::Leaf { pa, attributes } => {
                 if segments
@@ -426,7 +460,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 // address (SDM 4.10.2.3: never change page size and attributes in one store).
                 let view = View::Split { pa, attributes };
                 let child = self.new_table(view, child_level);
-                self.store(target, index, C::encode_table(child.unwrap_or(0), level));
+                self.store(target, index, Self::table_pointer(child, level));
                 let outcome = self.update_table(child, view, child_level, entry_va, segments, can_merge);
                 self.settle(target, level, index, entry_va, child, true, outcome)
             }
@@ -449,11 +483,11 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     #[allow(clippy::too_many_arguments)]
     fn settle(
         &mut self,
-        target: Option<u64>,
+        target: TableRef,
         level: u8,
         index: usize,
         entry_va: u64,
-        child: Option<u64>,
+        child: TableRef,
         linked: bool,
         outcome: Outcome,
     ) -> Slot {
@@ -465,13 +499,13 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             }
             _ => {
                 if !linked {
-                    self.store(target, index, C::encode_table(child.unwrap_or(0), level));
+                    self.store(target, index, Self::table_pointer(child, level));
                 }
                 return Slot::Table;
             }
         };
         if linked || slot != Slot::Invalid {
-            self.store(target, index, raw);
+            self.store(target, index, Value::Raw(raw));
         }
         if linked {
             // The paging-structure caches may hold the old table pointer (SDM 4.10.4.1).
@@ -486,7 +520,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     #[allow(clippy::too_many_arguments)]
     fn replace(
         &mut self,
-        target: Option<u64>,
+        target: TableRef,
         level: u8,
         index: usize,
         entry_va: u64,
@@ -501,10 +535,10 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         };
         if let Entry::Table(child) = old {
             self.discard(child, level - 1, entry_va, (entry_va, new), checked);
-            self.store(target, index, new_raw);
+            self.store(target, index, Value::Raw(new_raw));
             self.record_invalidation(entry_va);
         } else if new_raw != old_raw {
-            self.store(target, index, new_raw);
+            self.store(target, index, Value::Raw(new_raw));
             if C::is_live(old_raw) {
                 self.record_invalidation(entry_va);
             }
@@ -549,7 +583,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 Entry::Table(child) => self.discard(child, level - 1, entry_va, new, checked),
             }
         }
-        self.free_table(Some(table));
+        self.free_table(TableRef::Existing(table));
     }
 
     /// Whether linear `start..end` is fully mapped in the table at `table` (entries of

@@ -18,7 +18,7 @@ pub trait Tlb {
 /// The invalidations of one commit, collected while entries are written.
 #[derive(Debug, Clone, Default)]
 pub struct FlushBatch {
-    pages: SmallVec<[u64; 34]>,
+    pages: SmallVec<[u64; 4]>,
     full: bool,
     limit: usize,
 }

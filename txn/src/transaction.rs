@@ -3,14 +3,15 @@
 use smallvec::SmallVec;
 
 use crate::allocator::PageAllocator;
+use crate::apply::{apply, give_back, Pages};
 use crate::attributes::MemoryAttributes;
 use crate::codec::Codec;
 use crate::error::{PtError, TxnError};
-use crate::geometry::{Geometry, PAGE_SIZE};
+use crate::geometry::Geometry;
 use crate::overlay::{Action, Change, Overlay};
-use crate::plan::{Counts, Walk};
+use crate::plan::{Recorded, Walk};
 use crate::table::{allocate_table_page, Tables};
-use crate::tlb::{FlushBatch, Tlb};
+use crate::tlb::Tlb;
 
 /// One queued request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,40 +225,30 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
 
     fn commit_queued(&mut self) -> Result<CommitReport, TxnError> {
         let overlay = self.fold()?;
-        let counts = self.dry_run(&overlay)?.counts;
-        let (root, geometry, allocator, tlb) = self.table.parts_mut();
-        let mut pool: SmallVec<[u64; 8]> = SmallVec::with_capacity(counts.tables_allocated);
-        for _ in 0..counts.tables_allocated {
+        let mut walk = Walk::<C, P>::new(self.table.allocator(), self.table.geometry());
+        walk.run(self.table.root(), &overlay);
+        walk_result(&walk)?;
+        let plan = walk.plan;
+        let (_, _, allocator, tlb) = self.table.parts_mut();
+        let mut pages = Pages::new();
+        for _ in 0..plan.new_tables.len() {
             match allocate_table_page(allocator) {
-                Ok(page) => pool.push(page),
+                Ok(page) => pages.push(page),
                 Err(error) => {
-                    for &page in &pool {
-                        allocator.free_page(page, PAGE_SIZE);
-                    }
+                    give_back(allocator, &pages);
                     return Err(TxnError::whole(error));
                 }
             }
         }
-        let allocator: &P = allocator;
-        let mut walk = Walk::<C, P>::apply(allocator, geometry, &pool);
-        walk.run(root, &overlay);
-        debug_assert_eq!(walk.counts, counts, "the apply run must repeat the dry run");
-        debug_assert!(walk.error.is_none(), "the apply run cannot fail");
-        walk.flush.issue(tlb);
-        let report = CommitReport {
-            entries_written: walk.counts.entries_written,
-            tables_allocated: walk.counts.tables_allocated,
-            tables_freed: walk.counts.tables_freed,
-            pages_invalidated: walk.flush.pages().len(),
-            full_flushes: usize::from(walk.flush.is_full()),
-        };
-        let freed = core::mem::take(&mut walk.freed);
-        drop(walk);
-        let allocator = self.table.allocator_mut();
-        for page in freed {
-            allocator.free_page(page, PAGE_SIZE);
-        }
-        Ok(report)
+        let freed = apply::<C, P>(allocator, tlb, &plan, &pages);
+        give_back(allocator, &freed);
+        Ok(CommitReport {
+            entries_written: plan.counts.entries_written,
+            tables_allocated: plan.counts.tables_allocated,
+            tables_freed: plan.counts.tables_freed,
+            pages_invalidated: plan.flush.pages().len(),
+            full_flushes: usize::from(plan.flush.is_full()),
+        })
     }
 
     /// Validates and folds the ops. On the first bad op, reports the earliest failing op
@@ -280,24 +271,22 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
         Ok(overlay)
     }
 
-    fn dry_run(&self, overlay: &Overlay) -> Result<DryRun, TxnError> {
-        let mut walk = Walk::<C, P>::dry(self.table.allocator(), self.table.geometry());
+    /// Plans `overlay` without changing anything.
+    fn dry_run(&self, overlay: &Overlay) -> Result<Recorded, TxnError> {
+        let mut walk = Walk::<C, P>::new(self.table.allocator(), self.table.geometry());
         walk.run(self.table.root(), overlay);
-        match walk.error {
-            Some((u32::MAX, error)) => Err(TxnError::whole(error)),
-            Some((op, error)) => Err(TxnError::at(op as usize, error)),
-            None => Ok(DryRun {
-                counts: walk.counts,
-                flush: walk.flush,
-            }),
-        }
+        walk_result(&walk)?;
+        Ok(walk.plan)
     }
 }
 
-/// What a dry run found.
-struct DryRun {
-    counts: Counts,
-    flush: FlushBatch,
+/// The error a planning walk found, if any.
+fn walk_result<C: Codec, P: PageAllocator>(walk: &Walk<'_, C, P>) -> Result<(), TxnError> {
+    match walk.error {
+        Some((u32::MAX, error)) => Err(TxnError::whole(error)),
+        Some((op, error)) => Err(TxnError::at(op as usize, error)),
+        None => Ok(()),
+    }
 }
 
 /// Checks one op's arguments and turns it into a linear range and a change.
