@@ -5,7 +5,7 @@
 //! |-----------------|-----------------------------------------------------------|
 //! | not ReadProtect | P (bit 0)                                                 |
 //! | not ReadOnly    | R/W (bit 1)                                               |
-//! | ExecuteProtect  | XD/NX (bit 63; needs IA32_EFER.NXE = 1, SDM 4.1.1)        |
+//! | ExecuteProtect  | XD/NX (bit 63; needs IA32_EFER.NXE = 1, SDM 4.1.3)        |
 //! | cache type      | PAT index = PAT * 4 + PCD * 2 + PWT (SDM 11.12.3)         |
 //!
 //! PAT is bit 7 in 4 KiB entries and bit 12 in 2 MiB / 1 GiB entries, where bit 7 is PS.
@@ -76,9 +76,9 @@ mod memory_type {
 /// | 6     | 1 1 0       | UC-  | unused (reads back as `Uncached`)     | UC-           |
 /// | 7     | 1 1 1       | WC   | `WriteCombining`                      | UC            |
 ///
-/// Indices 0-3 equal the power-on layout, and under the power-on layout every index
-/// gives the same or a stronger (less cached) type, so tables stay safe before the
-/// MSR is programmed.
+/// Indices 0, 1 and 3 equal the power-on layout and index 2 differs only in UC versus UC-;
+/// under the power-on layout every index gives the same or a stronger (less cached) type,
+/// so tables stay safe before the MSR is programmed.
 pub const PAT_LAYOUT: u64 = memory_type::WB
     | memory_type::WT << 8
     | memory_type::UC << 16

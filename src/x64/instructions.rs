@@ -12,7 +12,7 @@ use crate::mmu::{InstallRequest, Mmu};
 /// IA32_EFER MSR number and its NXE bit (SDM Vol. 4, table 2-2).
 const IA32_EFER: u32 = 0xC000_0080;
 const EFER_NXE: u64 = 1 << 11;
-/// CR4.LA57: 5-level paging is on (SDM 4.1.1).
+/// CR4.LA57: 5-level paging is on (SDM 4.1.1, 4.1.2).
 const CR4_LA57: u64 = 1 << 12;
 
 /// The X64 MMU of the running CPU. Its instructions fault outside CPL 0.
@@ -43,7 +43,7 @@ unsafe fn write_msr(msr: u32, value: u64) {
     };
 }
 
-/// Whether the CPU supports NX (CPUID 8000_0001h:EDX[20]) and 1 GiB pages (EDX[26]).
+/// Whether the CPU supports NX (CPUID 8000_0001h `EDX[20]`) and 1 GiB pages (`EDX[26]`).
 pub(crate) fn cpu_features() -> (bool, bool) {
     use core::arch::x86_64::__cpuid;
     #[allow(unused_unsafe)]
@@ -86,7 +86,7 @@ impl Mmu for X64Mmu {
         let cr4: u64;
         // SAFETY: reading CR4 has no side effects.
         unsafe { asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags)) };
-        // LA57 cannot change in long mode (SDM 4.1.1): the table must match the mode.
+        // LA57 cannot change while long mode is active (SDM 4.1.2): the table must match the mode.
         if (cr4 & CR4_LA57 != 0) != five_level {
             return Err(PtError::UnsupportedPagingType);
         }
@@ -94,7 +94,7 @@ impl Mmu for X64Mmu {
             if !cpu_features().0 {
                 return Err(PtError::UnsupportedPagingType);
             }
-            // SAFETY: setting EFER.NXE only makes bit 63 of entries meaningful (SDM 4.1.1);
+            // SAFETY: setting EFER.NXE only makes bit 63 of entries meaningful (SDM 4.1.3);
             // all tables this crate writes are valid with it set.
             unsafe { write_msr(IA32_EFER, read_msr(IA32_EFER) | EFER_NXE) };
         }

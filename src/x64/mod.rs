@@ -32,7 +32,7 @@ pub const X64_PA_BITS: u8 = 52;
 /// What the CPU supports, as far as the table encoding is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct X64Config {
-    /// Use 1 GiB pages (CPUID 8000_0001h:EDX[26], SDM 4.1.4). 2 MiB pages are always used.
+    /// Use 1 GiB pages (CPUID 8000_0001h `EDX[26]`, SDM 4.1.4). 2 MiB pages are always used.
     pub one_gib_pages: bool,
 }
 
@@ -162,6 +162,12 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
         self.tables.allocator()
     }
 
+    /// The page allocator, mutably (for example to inject failures in tests). Do not use it
+    /// to change or free the table's own pages.
+    pub fn allocator_mut(&mut self) -> &mut P {
+        self.tables.allocator_mut()
+    }
+
     /// The engine-level table, for tools that walk raw entries.
     pub fn tables(&self) -> &Tables<X64Codec, P, M> {
         &self.tables
@@ -236,6 +242,7 @@ static X64_DUMP: DumpFormat = DumpFormat {
         "|N|           |                                        |   |M|M|I| |P|P|U|R| |",
         "|X| Available |      Page-Map Level-4 Base Address     |AVL|B|B|G|A|C|W|/|/|P|",
         "| |           |                                        |   |Z|Z|N| |D|T|S|W| |",
+        "(leaf rows: bits 8/7/6 are G/PAT/D in PT rows, G/PS/D in PD and PDP rows, where bit 12 is PAT)",
     ],
     // (first bit, width) of each column, most significant first.
     columns: &[

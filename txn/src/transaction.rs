@@ -176,6 +176,12 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
         self
     }
 
+    /// Queues several ops, in order.
+    pub fn extend(&mut self, ops: impl IntoIterator<Item = Op>) -> &mut Self {
+        self.ops.extend(ops);
+        self
+    }
+
     /// The queued ops.
     pub fn ops(&self) -> &[Op] {
         &self.ops
