@@ -361,9 +361,11 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         if lowest == ENTRIES_PER_TABLE {
             return Outcome::Mixed;
         }
-        if !summary.undecided() {
+        let all_touched = touched.iter().all(|&word| word == u64::MAX);
+        if !summary.undecided() || all_touched {
             return summary.outcome();
         }
+        // Fold in the entries the walk did not change.
         match view {
             View::Empty => summary.uniform = false,
             View::Split { pa, attributes } => summary.add(0, Slot::Leaf { pa, attributes }),
