@@ -7,7 +7,9 @@ mod instructions;
 
 use core::fmt;
 
-use txpaging_txn::{Geometry, MappedRegion, MemoryAttributes, PageAllocator, PtError, Regions, Tables, Transaction};
+use txpaging_txn::{
+    Geometry, MappedRegion, MemoryAttributes, PageAllocator, PtError, Regions, Retired, Tables, Transaction,
+};
 
 pub use encoding::{X64Codec, PAT_LAYOUT};
 #[cfg(target_arch = "x86_64")]
@@ -176,6 +178,12 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
     /// Starts a transaction: queue maps, unmaps and protects, then `plan` or `commit`.
     pub fn transaction(&mut self) -> Transaction<'_, X64Codec, P, M> {
         self.tables.transaction()
+    }
+
+    /// Gives back the table pages a [`Transaction::commit_retiring`] retired, once no CPU
+    /// can still walk them.
+    pub fn release(&mut self, retired: Retired) {
+        self.tables.release(retired)
     }
 
     /// Maps `size` bytes at virtual `va` to physical `pa` (one-op transaction).

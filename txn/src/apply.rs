@@ -42,7 +42,7 @@ pub(crate) fn apply<C: Codec, P: PageAllocator>(
     plan.freed.iter().map(|&table| resolve(table)).collect()
 }
 
-/// Gives `pages` back to `allocator`.
+/// Gives `pages` back to `allocator` (pages of a failed commit).
 pub(crate) fn give_back(allocator: &mut impl PageAllocator, pages: &[u64]) {
     for &page in pages {
         allocator.free_page(page, PAGE_SIZE);

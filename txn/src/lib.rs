@@ -37,4 +37,4 @@ pub use inspect::{MappedRegion, Regions};
 pub use plan::Counts;
 pub use table::Tables;
 pub use tlb::{FlushBatch, Tlb};
-pub use transaction::{CommitReport, FinalState, Op, Plan, PlannedRange, Transaction};
+pub use transaction::{CommitReport, Committed, FinalState, Op, Plan, PlannedRange, Retired, Transaction};

@@ -86,6 +86,14 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         Transaction::new(self)
     }
 
+    /// Gives the pages a [`commit_retiring`](Transaction::commit_retiring) retired back to
+    /// the allocator. Call it once no CPU can still walk them.
+    pub fn release(&mut self, retired: crate::transaction::Retired) {
+        for page in retired.pages {
+            self.allocator.free_page(page, PAGE_SIZE);
+        }
+    }
+
     pub(crate) fn parts_mut(&mut self) -> (u64, Geometry, &mut P, &T) {
         (self.root, self.geometry, &mut self.allocator, &self.tlb)
     }

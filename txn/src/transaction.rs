@@ -11,7 +11,7 @@ use crate::geometry::Geometry;
 use crate::overlay::{Action, Change, Overlay};
 use crate::plan::{Recorded, Walk};
 use crate::table::{allocate_table_page, Tables};
-use crate::tlb::Tlb;
+use crate::tlb::{FlushBatch, Tlb};
 
 /// One queued request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +119,31 @@ impl CommitReport {
     }
 }
 
+/// Table pages a commit stopped using, not yet given back to the allocator.
+#[must_use = "retired pages leak unless passed to Tables::release"]
+#[derive(Debug, Default)]
+pub struct Retired {
+    pub(crate) pages: SmallVec<[u64; 2]>,
+}
+
+impl Retired {
+    /// Physical addresses of the retired table pages.
+    pub fn pages(&self) -> &[u64] {
+        &self.pages
+    }
+}
+
+/// The outcome of [`Transaction::commit_retiring`].
+#[derive(Debug)]
+pub struct Committed {
+    /// What the commit did.
+    pub report: CommitReport,
+    /// The invalidations issued on this CPU (other CPUs need the same).
+    pub invalidations: FlushBatch,
+    /// Table pages to give back once no CPU can walk them.
+    pub retired: Retired,
+}
+
 /// A set of ops on one table, applied together by [`commit`](Self::commit).
 ///
 /// Ops apply in queue order; where they overlap the later one wins. An unmap or protect
@@ -224,12 +249,21 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
     /// issues one invalidation batch. On error nothing changed and every page taken was
     /// given back. Either way the queue is empty afterwards, ready for the next batch.
     pub fn commit(&mut self) -> Result<CommitReport, TxnError> {
+        let committed = self.commit_retiring()?;
+        self.table.release(committed.retired);
+        Ok(committed.report)
+    }
+
+    /// Like [`commit`](Self::commit), but keeps the table pages the commit stopped using
+    /// instead of freeing them, for tables other CPUs may be walking: shoot down their
+    /// TLBs for `invalidations`, then pass `retired` to [`Tables::release`].
+    pub fn commit_retiring(&mut self) -> Result<Committed, TxnError> {
         let result = self.commit_queued();
         self.ops.clear();
         result
     }
 
-    fn commit_queued(&mut self) -> Result<CommitReport, TxnError> {
+    fn commit_queued(&mut self) -> Result<Committed, TxnError> {
         let overlay = self.fold()?;
         let mut walk = Walk::<C, P>::new(self.table.allocator(), self.table.geometry());
         walk.run(self.table.root(), &overlay);
@@ -246,14 +280,20 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
                 }
             }
         }
-        let freed = apply::<C, P>(allocator, tlb, &plan, &pages);
-        give_back(allocator, &freed);
-        Ok(CommitReport {
+        let retired = Retired {
+            pages: apply::<C, P>(allocator, tlb, &plan, &pages),
+        };
+        let report = CommitReport {
             entries_written: plan.counts.entries_written,
             tables_allocated: plan.counts.tables_allocated,
             tables_freed: plan.counts.tables_freed,
             pages_invalidated: plan.flush.pages().len(),
             full_flushes: usize::from(plan.flush.is_full()),
+        };
+        Ok(Committed {
+            report,
+            invalidations: plan.flush,
+            retired,
         })
     }
 
