@@ -35,6 +35,9 @@ pub enum PtError {
     AllocationFailure,
     /// The pages of the range do not all have the same attributes.
     NonUniformMemoryAttributes,
+    /// The table was entered again while an operation on it was in progress (for example
+    /// by the page allocator); the inner call is refused.
+    ReentrantCall,
 }
 
 impl fmt::Display for PtError {
@@ -55,6 +58,7 @@ impl fmt::Display for PtError {
             Self::InternalError => "internal error",
             Self::AllocationFailure => "page allocation failed",
             Self::NonUniformMemoryAttributes => "attributes differ across the range",
+            Self::ReentrantCall => "the table is busy with an operation of this CPU (re-entered)",
         };
         f.write_str(text)
     }
