@@ -48,8 +48,8 @@ pub mod x64;
 pub use mmu::{InstallRequest, Mmu, MmuOp, RecordingMmu};
 pub use pool::PagePool;
 pub use txpaging_txn::{
-    Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, MappedRegion, MemoryAttributes, Op,
-    PageAllocator, Plan, PlannedRange, PtError, Retired, Tables, Tlb, Transaction, TxnError, PAGE_SIZE,
+    Barrier, Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, MappedRegion, MemoryAttributes,
+    Op, PageAllocator, Plan, PlannedRange, PtError, Retired, Tables, Tlb, Transaction, TxnError, PAGE_SIZE,
 };
 pub use x64::{X64Config, X64PageTable};
 

@@ -7,7 +7,7 @@
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use txpaging_txn::{PtError, Tlb};
+use txpaging_txn::{Barrier, PtError, Tlb};
 
 /// What an MMU is asked to program when a table is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub enum MmuOp {
     InvalidatePage(u64),
     /// Invalidate all translations.
     InvalidateAll,
+    /// An ordering barrier.
+    Barrier(Barrier),
     /// Install a table.
     Install(InstallRequest),
 }
@@ -97,6 +99,10 @@ impl Tlb for RecordingMmu {
 
     fn invalidate_all(&self) {
         self.push(MmuOp::InvalidateAll);
+    }
+
+    fn barrier(&self, barrier: Barrier) {
+        self.push(MmuOp::Barrier(barrier));
     }
 }
 

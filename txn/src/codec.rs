@@ -41,6 +41,17 @@ pub trait Codec {
 
     /// Checks the attributes of a protect request (cache bits may be absent).
     fn check_protect_attributes(attributes: MemoryAttributes) -> Result<(), PtError>;
+
+    /// Whether commits issue [`Barrier`](crate::Barrier)s (AArch64: DSB/ISB) through the
+    /// TLB interface. X64 needs none: its stores are ordered and INVLPG serializes.
+    const USES_BARRIERS: bool = false;
+
+    /// Whether replacing the live entry `old` by `new` at `level` needs break-before-make:
+    /// store invalid, invalidate, then store `new`. Only asked for valid `old` entries.
+    fn needs_break(old: u64, new: u64, level: u8) -> bool {
+        let _ = (old, new, level);
+        false
+    }
 }
 
 /// The invalid entry: all architectures here use zero.

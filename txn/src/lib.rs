@@ -36,5 +36,5 @@ pub use geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 pub use inspect::{MappedRegion, Regions};
 pub use plan::Counts;
 pub use table::Tables;
-pub use tlb::{FlushBatch, Tlb};
+pub use tlb::{Barrier, FlushBatch, Tlb};
 pub use transaction::{CommitReport, Committed, FinalState, Op, Plan, PlannedRange, Retired, Transaction};

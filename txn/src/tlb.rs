@@ -3,6 +3,18 @@
 
 use smallvec::SmallVec;
 
+/// An ordering point of a commit (issued only for codecs with `USES_BARRIERS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Barrier {
+    /// Make earlier table stores visible to the table walkers of every CPU before what
+    /// follows (AArch64 `DSB ISHST`).
+    Stores,
+    /// Wait until earlier invalidations are complete on every CPU (AArch64 `DSB ISH`).
+    Invalidations,
+    /// Make this CPU fetch and translate afresh from here on (AArch64 `ISB`).
+    Instructions,
+}
+
 /// Issues TLB invalidations. Real instructions on bare metal, a recorder on the host.
 ///
 /// Methods take `&self` so recorders use interior mutability and a table can be queried
@@ -13,6 +25,10 @@ pub trait Tlb {
     fn invalidate_page(&self, va: u64);
     /// Invalidates every translation this table may have left in the TLB.
     fn invalidate_all(&self);
+    /// Issues an ordering barrier. The default does nothing (X64).
+    fn barrier(&self, barrier: Barrier) {
+        let _ = barrier;
+    }
 }
 
 /// The invalidations of one commit, collected while entries are written.
