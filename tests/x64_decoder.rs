@@ -1044,6 +1044,8 @@ fn random_transactions(paging: PagingType, one_gib: bool, seed: u64, dense: bool
                     tables_freed: plan.tables_to_free,
                     pages_invalidated: plan.pages_to_invalidate.len(),
                     full_flushes: usize::from(plan.full_flush),
+                    breaks: 0,
+                    invalidation_batches: usize::from(plan.full_flush || !plan.pages_to_invalidate.is_empty()),
                 };
                 assert_eq!(report, predicted, "{what}");
                 let log = b.t.mmu().take_log();
@@ -1063,7 +1065,7 @@ fn random_transactions(paging: PagingType, one_gib: bool, seed: u64, dense: bool
                     log.iter().any(|op| match *op {
                         MmuOp::InvalidateAll => true,
                         MmuOp::InvalidatePage(x) => x.wrapping_sub(start) < size,
-                        MmuOp::Install(_) => false,
+                        MmuOp::Install(_) | MmuOp::Barrier(_) => false,
                     })
                 };
                 for &(va, old, leaf) in &old_tlb {

@@ -294,7 +294,9 @@ impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
             pat: PAT_LAYOUT,
             nx: true,
         };
-        self.tables.tlb().install(&request)
+        self.tables.tlb().install(&request)?;
+        self.tables.set_live(true);
+        Ok(())
     }
 
     fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {

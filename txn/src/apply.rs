@@ -6,16 +6,26 @@ use smallvec::SmallVec;
 
 use crate::allocator::PageAllocator;
 use crate::codec::Codec;
+use crate::codec::INVALID_ENTRY;
 use crate::geometry::PAGE_SIZE;
 use crate::memory::TableMemory;
-use crate::plan::{Recorded, TableRef, Value};
-use crate::tlb::Tlb;
+use crate::plan::{Recorded, Store, TableRef, Value};
+use crate::tlb::{Barrier, Tlb};
 
 /// Pages for the plan's new tables, in the plan's order.
 pub(crate) type Pages = SmallVec<[u64; 4]>;
 
 /// Writes `plan` into the table using `pages` for its new tables, then issues its
 /// invalidations through `tlb`. Returns the pages to free (after the invalidations).
+///
+/// Without break-before-make (X64, or a table no CPU walks): fill the new tables, make the
+/// stores in the planned order, issue the invalidation batch.
+///
+/// With break-before-make on a live table (AArch64, Arm ARM D8.14): fill the new tables and
+/// make the stores into them (no walker reaches them yet); store invalid into every entry
+/// that needs a break; `Stores` barrier; invalidate the broken entries; `Invalidations`
+/// barrier; make every remaining store in order; `Stores` barrier; invalidate what changed
+/// in place; `Invalidations` barrier; `Instructions` barrier.
 pub(crate) fn apply<C: Codec, P: PageAllocator>(
     allocator: &P,
     tlb: &impl Tlb,
@@ -27,18 +37,37 @@ pub(crate) fn apply<C: Codec, P: PageAllocator>(
         TableRef::Existing(pa) => pa,
         TableRef::New(number) => pages[number as usize],
     };
-    // New tables are unreachable until a store links them, so they can be filled first.
-    for (table, &page) in plan.new_tables.iter().zip(pages) {
-        memory.fill(page, |index| table.entry::<C>(index));
-    }
-    for store in &plan.stores {
+    let write = |store: &Store| {
         let value = match store.value {
             Value::Raw(raw) => raw,
             Value::NewTable { table, level } => C::encode_table(pages[table as usize], level),
         };
         memory.write(resolve(store.table), usize::from(store.index), value);
+    };
+    // New tables are unreachable until a store links them, so they can be filled first.
+    for (table, &page) in plan.new_tables.iter().zip(pages) {
+        memory.fill(page, |index| table.entry::<C>(index));
     }
-    plan.flush.issue(tlb);
+    if plan.phased {
+        let into_new = |store: &&Store| matches!(store.table, TableRef::New(_));
+        plan.stores.iter().filter(into_new).for_each(write);
+        if plan.counts.breaks > 0 {
+            for store in plan.stores.iter().filter(|store| store.breaks) {
+                memory.write(resolve(store.table), usize::from(store.index), INVALID_ENTRY);
+            }
+            tlb.barrier(Barrier::Stores);
+            plan.break_flush.issue(tlb);
+            tlb.barrier(Barrier::Invalidations);
+        }
+        plan.stores.iter().filter(|store| !into_new(store)).for_each(write);
+        tlb.barrier(Barrier::Stores);
+        plan.flush.issue(tlb);
+        tlb.barrier(Barrier::Invalidations);
+        tlb.barrier(Barrier::Instructions);
+    } else {
+        plan.stores.iter().for_each(write);
+        plan.flush.issue(tlb);
+    }
     plan.freed.iter().map(|&table| resolve(table)).collect()
 }
 

@@ -46,6 +46,13 @@ pub trait Codec {
     /// TLB interface. X64 needs none: its stores are ordered and INVLPG serializes.
     const USES_BARRIERS: bool = false;
 
+    /// How many 4 KiB pages a change of one live entry at `level` invalidates one by one.
+    /// X64: 1, since one INVLPG covers a page of any size (SDM 4.10.4.1).
+    fn invalidation_pages(level: u8) -> u64 {
+        let _ = level;
+        1
+    }
+
     /// Whether replacing the live entry `old` by `new` at `level` needs break-before-make:
     /// store invalid, invalidate, then store `new`. Only asked for valid `old` entries.
     fn needs_break(old: u64, new: u64, level: u8) -> bool {

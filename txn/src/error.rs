@@ -38,6 +38,9 @@ pub enum PtError {
     /// The table was entered again while an operation on it was in progress (for example
     /// by the page allocator); the inner call is refused.
     ReentrantCall,
+    /// The commit would have to break (briefly unmap) a live entry covering a range the
+    /// caller pinned (the code, stack or tables running the commit).
+    PinnedRangeBreak,
 }
 
 impl fmt::Display for PtError {
@@ -58,6 +61,7 @@ impl fmt::Display for PtError {
             Self::InternalError => "internal error",
             Self::AllocationFailure => "page allocation failed",
             Self::NonUniformMemoryAttributes => "attributes differ across the range",
+            Self::PinnedRangeBreak => "the change needs break-before-make on a pinned range",
             Self::ReentrantCall => "the table is busy with an operation of this CPU (re-entered)",
         };
         f.write_str(text)

@@ -38,6 +38,8 @@ pub struct Counts {
     pub tables_allocated: usize,
     /// Table pages given back (merged, emptied, or replaced subtrees).
     pub tables_freed: usize,
+    /// Live entries changed with break-before-make.
+    pub breaks: usize,
 }
 
 /// Where the old content of a table comes from.
@@ -57,6 +59,17 @@ enum Slot {
     Invalid,
     Leaf { pa: u64, attributes: MemoryAttributes },
     Table,
+}
+
+/// How the table below an entry is (or will be) linked.
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// It was linked before the commit.
+    Linked,
+    /// A split: the planned store `.0` links it before its entries change.
+    Reserved(usize),
+    /// A new table, linked once complete.
+    Unlinked,
 }
 
 /// What a table became after the walk changed it.
@@ -182,6 +195,17 @@ pub(crate) struct Store {
     pub(crate) table: TableRef,
     pub(crate) index: u16,
     pub(crate) value: Value,
+    /// The entry is live and the change needs break-before-make: store invalid first.
+    pub(crate) breaks: bool,
+}
+
+/// Where a store goes: entry `index` of `table`, at `level`, covering linear `va`.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    table: TableRef,
+    index: usize,
+    level: u8,
+    va: u64,
 }
 
 /// A new table: what its 512 entries (of `level`) start as.
@@ -217,8 +241,13 @@ pub(crate) struct Recorded {
     pub(crate) stores: SmallVec<[Store; 4]>,
     /// Tables to give back after the invalidations.
     pub(crate) freed: SmallVec<[TableRef; 2]>,
-    /// The invalidations.
+    /// The invalidations after the stores.
     pub(crate) flush: FlushBatch,
+    /// The invalidations between the breaks and the stores (break-before-make).
+    pub(crate) break_flush: FlushBatch,
+    /// Whether the commit uses break-before-make phases (the table is live and the
+    /// architecture needs them).
+    pub(crate) phased: bool,
     /// The counts.
     pub(crate) counts: Counts,
 }
@@ -228,21 +257,27 @@ pub(crate) struct Walk<'a, C: Codec, P: PageAllocator> {
     memory: TableMemory<'a, P>,
     geometry: Geometry,
     pub(crate) plan: Recorded,
+    /// Linear ranges that must never be broken.
+    pinned: &'a [(u64, u64)],
     /// The first failed precondition: (op, error), smallest op wins.
     pub(crate) error: Option<(u32, PtError)>,
     _codec: core::marker::PhantomData<C>,
 }
 
 impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
-    /// A walk over the table reached through `allocator`.
-    pub(crate) fn new(allocator: &'a P, geometry: Geometry) -> Self {
+    /// A walk over the table reached through `allocator`. `live`: the table is installed,
+    /// so changes that need break-before-make get it, and must not touch `pinned` ranges.
+    pub(crate) fn new(allocator: &'a P, geometry: Geometry, live: bool, pinned: &'a [(u64, u64)]) -> Self {
         Self {
             memory: TableMemory::new(allocator),
             geometry,
             plan: Recorded {
                 flush: FlushBatch::new(C::PAGE_INVALIDATION_LIMIT),
+                break_flush: FlushBatch::new(C::PAGE_INVALIDATION_LIMIT),
+                phased: live && C::USES_BARRIERS,
                 ..Recorded::default()
             },
+            pinned,
             error: None,
             _codec: core::marker::PhantomData,
         }
@@ -273,17 +308,75 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         }
     }
 
-    fn record_invalidation(&mut self, linear_va: u64) {
-        self.plan.flush.record(self.geometry.to_canonical(linear_va));
+    fn record_invalidation(&mut self, linear_va: u64, level: u8) {
+        self.plan
+            .flush
+            .record(self.geometry.to_canonical(linear_va), C::invalidation_pages(level));
     }
 
-    fn store(&mut self, table: TableRef, index: usize, value: Value) {
-        self.plan.counts.entries_written += 1;
+    /// Whether storing `new` over the live `old` at `at` needs break-before-make.
+    fn is_break(&self, at: Position, old: u64, new: u64) -> bool {
+        self.plan.phased
+            && matches!(at.table, TableRef::Existing(_))
+            && C::is_live(old)
+            && C::needs_break(old, new, at.level)
+    }
+
+    /// Plans storing `value` at `at`, whose content is `old` at that point, and records the
+    /// invalidation it needs (none if `keeps_translations`: a split linking a table that
+    /// holds the leaf's translations). Returns whether the store breaks the entry first.
+    fn store(&mut self, at: Position, old: u64, value: Value, keeps_translations: bool) -> bool {
+        let index = self.plan.stores.len();
         self.plan.stores.push(Store {
-            table,
-            index: index as u16,
+            table: at.table,
+            index: at.index as u16,
             value,
+            breaks: false,
         });
+        self.finish_store(index, at, old, keeps_translations)
+    }
+
+    /// Plans a store at `at` whose value is decided later by [`finish_store`](Self::finish_store);
+    /// it keeps its place in the order of stores.
+    fn reserve_store(&mut self, at: Position) -> usize {
+        self.plan.stores.push(Store {
+            table: at.table,
+            index: at.index as u16,
+            value: Value::Raw(INVALID_ENTRY),
+            breaks: false,
+        });
+        self.plan.stores.len() - 1
+    }
+
+    /// Classifies planned store `index` (at `at`, over `old`): counts it, decides whether it
+    /// breaks the entry and records its invalidation.
+    fn finish_store(&mut self, index: usize, at: Position, old: u64, keeps_translations: bool) -> bool {
+        self.plan.counts.entries_written += 1;
+        let new = match self.plan.stores[index].value {
+            Value::Raw(raw) => raw,
+            // The address is not known yet; any table pointer classifies the same way.
+            Value::NewTable { level, .. } => C::encode_table(0, level),
+        };
+        let va = self.geometry.to_canonical(at.va);
+        if self.is_break(at, old, new) {
+            self.plan.stores[index].breaks = true;
+            self.plan.counts.breaks += 1;
+            let size = Geometry::entry_size(at.level);
+            if self
+                .pinned
+                .iter()
+                .any(|&(start, end)| start < at.va + size && at.va < end)
+            {
+                self.fail(u32::MAX, PtError::PinnedRangeBreak);
+            }
+            self.plan.break_flush.record(va, C::invalidation_pages(at.level));
+            return true;
+        }
+        let unreachable = self.plan.phased && matches!(at.table, TableRef::New(_));
+        if C::is_live(old) && new != old && !keeps_translations && !unreachable {
+            self.plan.flush.record(va, C::invalidation_pages(at.level));
+        }
+        false
     }
 
     /// Plans a new table filled with `view`'s entries (of `level`).
@@ -404,6 +497,12 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         let old_raw = self.old_entry(view, index, level);
         let old = C::decode(old_raw, level);
         let size = Geometry::entry_size(level);
+        let at = Position {
+            table: target,
+            index,
+            level,
+            va: entry_va,
+        };
         if let Some(cover) = uniform_cover(segments, entry_va, entry_va + size) {
             let new = match (cover.action, old) {
                 (Action::Map { pa }, _) if self.geometry.leaf_allowed(level) && pa % size == 0 => Some(Slot::Leaf {
@@ -425,16 +524,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             };
             if let Some(new) = new {
                 let checked = matches!(cover.action, Action::Unmap) && cover.check.is_some();
-                self.replace(
-                    target,
-                    level,
-                    index,
-                    entry_va,
-                    old_raw,
-                    old,
-                    new,
-                    checked.then_some(segments),
-                );
+                self.replace(at, old_raw, old, new, checked.then_some(segments));
                 return new;
             }
         }
@@ -449,7 +539,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             Entry::Table(pa) => {
                 let child = TableRef::Existing(pa);
                 let outcome = self.update_table(child, View::Memory(pa), child_level, entry_va, segments, can_merge);
-                self.settle(target, level, index, entry_va, child, true, outcome)
+                self.settle(at, old_raw, child, Link::Linked, outcome)
             }
             Entry::Leaf { pa, attributes } => {
                 if segments
@@ -462,9 +552,9 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 // address (SDM 4.10.2.3: never change page size and attributes in one store).
                 let view = View::Split { pa, attributes };
                 let child = self.new_table(view, child_level);
-                self.store(target, index, Self::table_pointer(child, level));
+                let link = self.reserve_store(at);
                 let outcome = self.update_table(child, view, child_level, entry_va, segments, can_merge);
-                self.settle(target, level, index, entry_va, child, true, outcome)
+                self.settle(at, old_raw, child, Link::Reserved(link), outcome)
             }
             Entry::Invalid => {
                 if !segments.iter().any(|s| matches!(s.action, Action::Map { .. })) {
@@ -476,42 +566,51 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 // A new table is complete before the store that links it.
                 let child = self.new_table(View::Empty, child_level);
                 let outcome = self.update_table(child, View::Empty, child_level, entry_va, segments, can_merge);
-                self.settle(target, level, index, entry_va, child, false, outcome)
+                self.settle(at, old_raw, child, Link::Unlinked, outcome)
             }
         }
     }
 
-    /// Decides what entry `index` (at `level`) holds after its table `child` was updated.
-    #[allow(clippy::too_many_arguments)]
-    fn settle(
-        &mut self,
-        target: TableRef,
-        level: u8,
-        index: usize,
-        entry_va: u64,
-        child: TableRef,
-        linked: bool,
-        outcome: Outcome,
-    ) -> Slot {
-        let size = Geometry::entry_size(level);
+    /// Decides what the entry at `at` (content `old_raw` before the commit) holds after its
+    /// table `child` was updated to `outcome`.
+    fn settle(&mut self, at: Position, old_raw: u64, child: TableRef, link: Link, outcome: Outcome) -> Slot {
+        let size = Geometry::entry_size(at.level);
         let (raw, slot) = match outcome {
             Outcome::Empty => (INVALID_ENTRY, Slot::Invalid),
-            Outcome::Uniform { pa, attributes } if self.geometry.leaf_allowed(level) && pa % size == 0 => {
-                (C::encode_leaf(pa, attributes, level), Slot::Leaf { pa, attributes })
+            Outcome::Uniform { pa, attributes } if self.geometry.leaf_allowed(at.level) && pa % size == 0 => {
+                (C::encode_leaf(pa, attributes, at.level), Slot::Leaf { pa, attributes })
             }
             _ => {
-                if !linked {
-                    self.store(target, index, Self::table_pointer(child, level));
+                match link {
+                    Link::Unlinked => {
+                        self.store(at, old_raw, Self::table_pointer(child, at.level), false);
+                    }
+                    // Split: the new table holds the leaf's translations, so linking it
+                    // changes no address (SDM 4.10.2.3: never change a page's size and its
+                    // translation in one store); its entries change after it is linked.
+                    Link::Reserved(store) => {
+                        self.plan.stores[store].value = Self::table_pointer(child, at.level);
+                        self.finish_store(store, at, old_raw, true);
+                    }
+                    Link::Linked => {}
                 }
                 return Slot::Table;
             }
         };
-        if linked || slot != Slot::Invalid {
-            self.store(target, index, Value::Raw(raw));
-        }
-        if linked {
-            // The paging-structure caches may hold the old table pointer (SDM 4.10.4.1).
-            self.record_invalidation(entry_va);
+        match link {
+            Link::Reserved(store) => {
+                // The split turned out uniform again: one store of the final leaf.
+                self.plan.stores[store].value = Value::Raw(raw);
+                self.finish_store(store, at, old_raw, false);
+            }
+            // Dropping the table pointer also drops paging-structure caches (SDM 4.10.4.1).
+            Link::Linked => {
+                self.store(at, old_raw, Value::Raw(raw), false);
+            }
+            Link::Unlinked if slot != Slot::Invalid => {
+                self.store(at, old_raw, Value::Raw(raw), false);
+            }
+            Link::Unlinked => {}
         }
         self.free_table(child);
         slot
@@ -520,37 +619,33 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     /// Replaces entry `index` (old content `old_raw`) by the leaf or invalid `new`.
     /// `checked` carries the segments when every old page must have been mapped.
     #[allow(clippy::too_many_arguments)]
-    fn replace(
-        &mut self,
-        target: TableRef,
-        level: u8,
-        index: usize,
-        entry_va: u64,
-        old_raw: u64,
-        old: Entry,
-        new: Slot,
-        checked: Option<&[Segment]>,
-    ) {
+    fn replace(&mut self, at: Position, old_raw: u64, old: Entry, new: Slot, checked: Option<&[Segment]>) {
         let new_raw = match new {
-            Slot::Leaf { pa, attributes } => C::encode_leaf(pa, attributes, level),
+            Slot::Leaf { pa, attributes } => C::encode_leaf(pa, attributes, at.level),
             Slot::Invalid | Slot::Table => INVALID_ENTRY,
         };
         if let Entry::Table(child) = old {
-            self.discard(child, level - 1, entry_va, (entry_va, new), checked);
-            self.store(target, index, Value::Raw(new_raw));
-            self.record_invalidation(entry_va);
+            // A break invalidates the whole range itself; otherwise each changed leaf below.
+            let record = !self.is_break(at, old_raw, new_raw);
+            self.discard(child, at.level - 1, at.va, (at.va, new), checked, record);
+            self.store(at, old_raw, Value::Raw(new_raw), false);
         } else if new_raw != old_raw {
-            self.store(target, index, Value::Raw(new_raw));
-            if C::is_live(old_raw) {
-                self.record_invalidation(entry_va);
-            }
+            self.store(at, old_raw, Value::Raw(new_raw), false);
         }
     }
 
     /// Frees the subtree at `table` (entries of `level`) that `new` (the entry at `new.0`)
     /// replaces, recording the invalidation of each live leaf whose translation changes,
     /// and checking that every page was mapped where `checked` requires it.
-    fn discard(&mut self, table: u64, level: u8, table_va: u64, new: (u64, Slot), checked: Option<&[Segment]>) {
+    fn discard(
+        &mut self,
+        table: u64,
+        level: u8,
+        table_va: u64,
+        new: (u64, Slot),
+        checked: Option<&[Segment]>,
+        record: bool,
+    ) {
         let size = Geometry::entry_size(level);
         for index in 0..ENTRIES_PER_TABLE {
             let raw = self.memory.read(table, index);
@@ -578,11 +673,11 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                         ) => new_attributes == attributes && new_pa.wrapping_add(entry_va - new_va) == pa,
                         _ => false,
                     };
-                    if C::is_live(raw) && !same {
-                        self.record_invalidation(entry_va);
+                    if record && C::is_live(raw) && !same {
+                        self.record_invalidation(entry_va, level);
                     }
                 }
-                Entry::Table(child) => self.discard(child, level - 1, entry_va, new, checked),
+                Entry::Table(child) => self.discard(child, level - 1, entry_va, new, checked, record),
             }
         }
         self.free_table(TableRef::Existing(table));

@@ -15,6 +15,10 @@ pub struct Tables<C: Codec, P: PageAllocator, T: Tlb> {
     geometry: Geometry,
     allocator: P,
     tlb: T,
+    /// Installed: some CPU may walk it, so changes follow the break-before-make rules.
+    live: core::cell::Cell<bool>,
+    /// Linear ranges a commit must never break.
+    pinned: smallvec::SmallVec<[(u64, u64); 4]>,
     _codec: core::marker::PhantomData<C>,
 }
 
@@ -23,13 +27,7 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
     pub fn new(mut allocator: P, geometry: Geometry, tlb: T) -> Result<Self, PtError> {
         let root = allocate_table_page(&mut allocator)?;
         TableMemory::new(&allocator).fill(root, |_| crate::codec::INVALID_ENTRY);
-        Ok(Self {
-            root,
-            geometry,
-            allocator,
-            tlb,
-            _codec: core::marker::PhantomData,
-        })
+        Ok(Self::assemble(root, geometry, allocator, tlb, false))
     }
 
     /// Opens an existing table rooted at `root`.
@@ -42,13 +40,50 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         if root % PAGE_SIZE != 0 {
             return Err(PtError::UnalignedPageBase);
         }
-        Ok(Self {
+        Ok(Self::assemble(root, geometry, allocator, tlb, true))
+    }
+
+    fn assemble(root: u64, geometry: Geometry, allocator: P, tlb: T, live: bool) -> Self {
+        Self {
             root,
             geometry,
             allocator,
             tlb,
+            live: core::cell::Cell::new(live),
+            pinned: smallvec::SmallVec::new(),
             _codec: core::marker::PhantomData,
-        })
+        }
+    }
+
+    /// Whether the table is installed (a CPU may walk it). A new table is not; one opened
+    /// with `from_existing` is assumed to be; installing makes it so.
+    pub fn is_live(&self) -> bool {
+        self.live.get()
+    }
+
+    /// Marks the table installed or not. On architectures with break-before-make rules,
+    /// commits on a live table break entries before changing them where the rules say so.
+    pub fn set_live(&self, live: bool) {
+        self.live.set(live);
+    }
+
+    /// Declares `size` bytes at `address` as never to be broken by a commit on a live
+    /// table (the code, stack and table pages running the commit). A commit that would
+    /// break an entry covering them fails with `PinnedRangeBreak` before any store.
+    pub fn pin_range(&mut self, address: u64, size: u64) -> Result<(), PtError> {
+        let range = self.geometry.linear_range(address, size)?;
+        self.pinned.push(range);
+        Ok(())
+    }
+
+    /// Removes every pinned range.
+    pub fn unpin_all(&mut self) {
+        self.pinned.clear();
+    }
+
+    /// The pinned ranges, as linear `(start, end)` pairs.
+    pub(crate) fn pinned(&self) -> &[(u64, u64)] {
+        &self.pinned
     }
 
     /// Physical address of the root table.

@@ -31,10 +31,13 @@ pub trait Tlb {
     }
 }
 
-/// The invalidations of one commit, collected while entries are written.
+/// The invalidations of one commit, collected while entries are written: runs of pages
+/// invalidated one by one, or one full flush once more than `limit` pages would be needed.
 #[derive(Debug, Clone, Default)]
 pub struct FlushBatch {
-    pages: SmallVec<[u64; 4]>,
+    /// (canonical va, pages) runs, each recorded once.
+    ranges: SmallVec<[(u64, u64); 4]>,
+    pages: u64,
     full: bool,
     limit: usize,
 }
@@ -43,22 +46,26 @@ impl FlushBatch {
     /// An empty batch that switches to a full flush above `limit` pages.
     pub fn new(limit: usize) -> Self {
         Self {
-            pages: SmallVec::new(),
+            ranges: SmallVec::new(),
+            pages: 0,
             full: false,
             limit,
         }
     }
 
-    /// Records that the translation at canonical `va` changed (once per address).
-    pub fn record(&mut self, va: u64) {
-        if self.full || self.pages.contains(&va) {
+    /// Records that the translations of `pages` pages from canonical `va` changed.
+    /// A run starting at an address already recorded is not recorded again.
+    pub fn record(&mut self, va: u64, pages: u64) {
+        if self.full || self.ranges.iter().any(|&(start, _)| start == va) {
             return;
         }
-        if self.pages.len() == self.limit {
+        if self.pages + pages > self.limit as u64 {
             self.full = true;
-            self.pages.clear();
+            self.ranges.clear();
+            self.pages = 0;
         } else {
-            self.pages.push(va);
+            self.ranges.push((va, pages));
+            self.pages += pages;
         }
     }
 
@@ -67,9 +74,21 @@ impl FlushBatch {
         self.full
     }
 
-    /// The pages to invalidate one by one (empty after a switch to a full flush).
-    pub fn pages(&self) -> &[u64] {
-        &self.pages
+    /// Whether the batch has nothing to issue.
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.ranges.is_empty()
+    }
+
+    /// Number of single-page invalidations the batch issues (0 after a switch to a full flush).
+    pub fn page_count(&self) -> usize {
+        self.pages as usize
+    }
+
+    /// The pages invalidated one by one, in order (none after a switch to a full flush).
+    pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|&(va, pages)| (0..pages).map(move |page| va.wrapping_add(page * 4096)))
     }
 
     /// Issues the batch through `tlb`.
@@ -77,7 +96,7 @@ impl FlushBatch {
         if self.full {
             tlb.invalidate_all();
         } else {
-            for &va in &self.pages {
+            for va in self.pages() {
                 tlb.invalidate_page(va);
             }
         }

@@ -91,6 +91,8 @@ pub struct Plan {
     pub pages_to_invalidate: alloc::vec::Vec<u64>,
     /// Whether the commit would flush the whole TLB instead.
     pub full_flush: bool,
+    /// Live entries the commit would break before changing (break-before-make).
+    pub breaks: usize,
 }
 
 /// What a commit did.
@@ -104,8 +106,12 @@ pub struct CommitReport {
     pub tables_freed: usize,
     /// Single-page invalidations issued.
     pub pages_invalidated: usize,
-    /// Full TLB flushes issued (0 or 1).
+    /// Full TLB flushes issued (0, 1, or 2 with break-before-make).
     pub full_flushes: usize,
+    /// Live entries broken (stored invalid, invalidated) before their new value.
+    pub breaks: usize,
+    /// Invalidation batches issued: the one after the stores, plus one after the breaks.
+    pub invalidation_batches: usize,
 }
 
 impl CommitReport {
@@ -116,6 +122,8 @@ impl CommitReport {
         self.tables_freed += other.tables_freed;
         self.pages_invalidated += other.pages_invalidated;
         self.full_flushes += other.full_flushes;
+        self.breaks += other.breaks;
+        self.invalidation_batches += other.invalidation_batches;
     }
 }
 
@@ -240,8 +248,9 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
             entries_to_write: walk.counts.entries_written,
             tables_to_allocate: walk.counts.tables_allocated,
             tables_to_free: walk.counts.tables_freed,
-            pages_to_invalidate: walk.flush.pages().to_vec(),
-            full_flush: walk.flush.is_full(),
+            pages_to_invalidate: walk.break_flush.pages().chain(walk.flush.pages()).collect(),
+            full_flush: walk.flush.is_full() || walk.break_flush.is_full(),
+            breaks: walk.counts.breaks,
         })
     }
 
@@ -265,7 +274,8 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
 
     fn commit_queued(&mut self) -> Result<Committed, TxnError> {
         let overlay = self.fold()?;
-        let mut walk = Walk::<C, P>::new(self.table.allocator(), self.table.geometry());
+        let table = &*self.table;
+        let mut walk = Walk::<C, P>::new(table.allocator(), table.geometry(), table.is_live(), table.pinned());
         walk.run(self.table.root(), &overlay);
         walk_result(&walk)?;
         let plan = walk.plan;
@@ -283,12 +293,15 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
         let retired = Retired {
             pages: apply::<C, P>(allocator, tlb, &plan, &pages),
         };
+        let batches = [&plan.break_flush, &plan.flush];
         let report = CommitReport {
             entries_written: plan.counts.entries_written,
             tables_allocated: plan.counts.tables_allocated,
             tables_freed: plan.counts.tables_freed,
-            pages_invalidated: plan.flush.pages().len(),
-            full_flushes: usize::from(plan.flush.is_full()),
+            pages_invalidated: batches.iter().map(|b| b.page_count()).sum(),
+            full_flushes: batches.iter().filter(|b| b.is_full()).count(),
+            breaks: plan.counts.breaks,
+            invalidation_batches: batches.iter().filter(|b| !b.is_empty()).count(),
         };
         Ok(Committed {
             report,
@@ -319,7 +332,8 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
 
     /// Plans `overlay` without changing anything.
     fn dry_run(&self, overlay: &Overlay) -> Result<Recorded, TxnError> {
-        let mut walk = Walk::<C, P>::new(self.table.allocator(), self.table.geometry());
+        let table = &*self.table;
+        let mut walk = Walk::<C, P>::new(table.allocator(), table.geometry(), table.is_live(), table.pinned());
         walk.run(self.table.root(), overlay);
         walk_result(&walk)?;
         Ok(walk.plan)
