@@ -88,33 +88,33 @@ pub const PAT_LAYOUT: u64 = memory_type::WB
     | memory_type::UC_MINUS << 48
     | memory_type::WC << 56;
 
-/// PAT index for a cache attribute (at most one bit set).
+/// PAT index for a cache attribute (at most one bit set), by the bit's position:
+/// Uncached (bit 0) -> 3, WriteCombining (1) -> 7, WriteThrough (2) -> 1, Writeback (3) -> 4,
+/// UncachedExport (4) -> 2, WriteProtect (12) -> 5, none -> 0.
 #[inline]
 fn pat_index(cache: MemoryAttributes) -> u64 {
-    match cache {
-        c if c == MemoryAttributes::WriteThrough => 1,
-        c if c == MemoryAttributes::UncachedExport => 2,
-        c if c == MemoryAttributes::Uncached => 3,
-        c if c == MemoryAttributes::Writeback => 4,
-        c if c == MemoryAttributes::WriteProtect => 5,
-        c if c == MemoryAttributes::WriteCombining => 7,
+    match cache.bits().trailing_zeros() {
+        0 => 3,
+        1 => 7,
+        2 => 1,
+        3 => 4,
+        4 => 2,
+        12 => 5,
         _ => 0,
     }
 }
 
-/// Cache attribute for a PAT index.
-#[inline]
-fn cache_of(index: u64) -> MemoryAttributes {
-    match index {
-        1 => MemoryAttributes::WriteThrough,
-        2 => MemoryAttributes::UncachedExport,
-        3 | 6 => MemoryAttributes::Uncached,
-        4 => MemoryAttributes::Writeback,
-        5 => MemoryAttributes::WriteProtect,
-        7 => MemoryAttributes::WriteCombining,
-        _ => MemoryAttributes::empty(),
-    }
-}
+/// Cache attribute of each PAT index (6, never written, reads back as `Uncached`).
+const CACHE_OF_PAT_INDEX: [MemoryAttributes; 8] = [
+    MemoryAttributes::empty(),
+    MemoryAttributes::WriteThrough,
+    MemoryAttributes::UncachedExport,
+    MemoryAttributes::Uncached,
+    MemoryAttributes::Writeback,
+    MemoryAttributes::WriteProtect,
+    MemoryAttributes::Uncached,
+    MemoryAttributes::WriteCombining,
+];
 
 /// Rejects unknown bits (`InvalidParameter`) and more than one cache attribute
 /// (`IncompatibleMemoryAttributes`).
@@ -154,7 +154,7 @@ impl Codec for X64Codec {
             (raw & ADDRESS_4K, PAT_4K)
         };
         let index = u64::from(raw & pat_bit != 0) << 2 | u64::from(raw & PCD != 0) << 1 | u64::from(raw & PWT != 0);
-        let mut attributes = cache_of(index);
+        let mut attributes = CACHE_OF_PAT_INDEX[index as usize];
         attributes.set(MemoryAttributes::ReadProtect, !present);
         attributes.set(MemoryAttributes::ReadOnly, raw & RW == 0);
         attributes.set(MemoryAttributes::ExecuteProtect, raw & NX != 0);

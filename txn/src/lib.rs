@@ -19,6 +19,7 @@ mod apply;
 mod attributes;
 mod codec;
 mod error;
+mod fast;
 mod geometry;
 mod inspect;
 mod memory;

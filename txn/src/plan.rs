@@ -55,7 +55,7 @@ enum View {
 
 /// The final state of one entry, as its parent sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
+pub(crate) enum Slot {
     Invalid,
     Leaf { pa: u64, attributes: MemoryAttributes },
     Table,
@@ -73,7 +73,7 @@ enum Link {
 }
 
 /// What a table became after the walk changed it.
-enum Outcome {
+pub(crate) enum Outcome {
     /// Every entry invalid.
     Empty,
     /// Every entry a leaf; together one contiguous mapping of `pa` with `attributes`.
@@ -83,7 +83,7 @@ enum Outcome {
 }
 
 /// Folds entries into an `Outcome`, in any order.
-struct Summary {
+pub(crate) struct Summary {
     entry_size: u64,
     empty: bool,
     uniform: bool,
@@ -91,7 +91,7 @@ struct Summary {
 }
 
 impl Summary {
-    fn new(level: u8, can_merge: bool) -> Self {
+    pub(crate) fn new(level: u8, can_merge: bool) -> Self {
         Self {
             entry_size: Geometry::entry_size(level),
             empty: true,
@@ -100,11 +100,11 @@ impl Summary {
         }
     }
 
-    fn undecided(&self) -> bool {
+    pub(crate) fn undecided(&self) -> bool {
         self.empty || self.uniform
     }
 
-    fn add(&mut self, index: usize, slot: Slot) {
+    pub(crate) fn add(&mut self, index: usize, slot: Slot) {
         match slot {
             Slot::Invalid => self.uniform = false,
             Slot::Table => {
@@ -124,7 +124,7 @@ impl Summary {
         }
     }
 
-    fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self.first {
             _ if self.empty => Outcome::Empty,
             Some((pa, attributes)) if self.uniform => Outcome::Uniform { pa, attributes },

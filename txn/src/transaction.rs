@@ -273,6 +273,11 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
     }
 
     fn commit_queued(&mut self) -> Result<Committed, TxnError> {
+        if let [op] = self.ops[..] {
+            if let Some(committed) = crate::fast::try_commit(self.table, &op) {
+                return Ok(committed);
+            }
+        }
         let overlay = self.fold()?;
         let table = &*self.table;
         let mut walk = Walk::<C, P>::new(table.allocator(), table.geometry(), table.is_live(), table.pinned());
@@ -350,7 +355,7 @@ fn walk_result<C: Codec, P: PageAllocator>(walk: &Walk<'_, C, P>) -> Result<(), 
 }
 
 /// Checks one op's arguments and turns it into a linear range and a change.
-fn check_op<C: Codec>(geometry: &Geometry, op: &Op) -> Result<(u64, u64, Change), PtError> {
+pub(crate) fn check_op<C: Codec>(geometry: &Geometry, op: &Op) -> Result<(u64, u64, Change), PtError> {
     match *op {
         Op::Map {
             va,
