@@ -652,11 +652,13 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             let entry_va = table_va + index as u64 * size;
             match C::decode(raw, level) {
                 Entry::Invalid => {
+                    // Every op whose required range overlaps the hole fails; the first one counts.
                     let op = checked.and_then(|segments| {
                         segments
                             .iter()
-                            .find(|s| s.start <= entry_va && entry_va < s.end)
-                            .and_then(|s| s.check)
+                            .filter(|s| s.start < entry_va + size && entry_va < s.end)
+                            .filter_map(|s| s.check)
+                            .min()
                     });
                     if let Some(op) = op {
                         self.fail(op, PtError::NoMapping);
