@@ -1,0 +1,463 @@
+//! Randomized reference-model tests: random transactions and one-op calls on 4- and
+//! 5-level X64 tables, with and without 1 GiB pages, checked after every commit against a
+//! reference model (see `model_support`), plus allocation-failure injection.
+//!
+//! `TXPAGING_SEED=<n>` replays a run (a failing test prints its seed), `TXPAGING_SEED=random`
+//! explores a fresh one;
+//! `TXPAGING_MODEL_OPS=<n>` sets the total number of ops (default 120,000, split by the shares below).
+
+mod model_support;
+
+use model_support::*;
+use txpaging::{MemoryAttributes as MA, PtError, TxnError};
+
+const X64_4L_1G: X64Cfg = X64Cfg {
+    five_level: false,
+    one_gib_pages: true,
+};
+const X64_4L_2M: X64Cfg = X64Cfg {
+    five_level: false,
+    one_gib_pages: false,
+};
+const X64_5L_1G: X64Cfg = X64Cfg {
+    five_level: true,
+    one_gib_pages: true,
+};
+const X64_5L_2M: X64Cfg = X64Cfg {
+    five_level: true,
+    one_gib_pages: false,
+};
+
+/// Shares of the total op budget, in per mille (they add up to just over 1000).
+const TXN_SHARE: u64 = 175;
+const ONE_OP_SHARE: u64 = 40;
+const ALLOC_SHARE: u64 = 40;
+
+fn random_transactions<T: ModelTarget>(test: &str, cfg: T::Config) {
+    let mut runner = Runner::<T>::new(test, cfg);
+    runner.run_random(ops_budget(TXN_SHARE), false, 150);
+    println!("{}", runner.summary(test));
+}
+
+fn random_one_ops<T: ModelTarget>(test: &str, cfg: T::Config) {
+    let mut runner = Runner::<T>::new(test, cfg);
+    runner.run_random(ops_budget(ONE_OP_SHARE), true, 300);
+    println!("{}", runner.summary(test));
+}
+
+fn allocation_failures<T: ModelTarget>(test: &str, cfg: T::Config) {
+    let mut runner = Runner::<T>::new(test, cfg);
+    // Fewer bad ops: the point is commits that allocate.
+    runner.gen.bad_percent = 1;
+    runner.run_alloc_failures(ops_budget(ALLOC_SHARE), 60);
+    println!("{}", runner.summary(test));
+}
+
+macro_rules! model_tests {
+    ($($name:ident: $driver:ident($target:ty, $cfg:expr);)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $driver::<$target>(stringify!($name), $cfg);
+            }
+        )*
+    };
+}
+
+model_tests! {
+    transactions_x64_4level_1g: random_transactions(X64Target, X64_4L_1G);
+    transactions_x64_4level_2m: random_transactions(X64Target, X64_4L_2M);
+    transactions_x64_5level_1g: random_transactions(X64Target, X64_5L_1G);
+    transactions_x64_5level_2m: random_transactions(X64Target, X64_5L_2M);
+    one_op_api_x64_4level_1g: random_one_ops(X64Target, X64_4L_1G);
+    one_op_api_x64_4level_2m: random_one_ops(X64Target, X64_4L_2M);
+    one_op_api_x64_5level_1g: random_one_ops(X64Target, X64_5L_1G);
+    one_op_api_x64_5level_2m: random_one_ops(X64Target, X64_5L_2M);
+    allocation_failures_x64_4level_1g: allocation_failures(X64Target, X64_4L_1G);
+    allocation_failures_x64_4level_2m: allocation_failures(X64Target, X64_4L_2M);
+    allocation_failures_x64_5level_1g: allocation_failures(X64Target, X64_5L_1G);
+    allocation_failures_x64_5level_2m: allocation_failures(X64Target, X64_5L_2M);
+}
+
+// ------------------------------------------------------------------------------------------
+// The model and the calculator on known cases, and a few directed sequences
+// ------------------------------------------------------------------------------------------
+
+fn shape(cfg: X64Cfg) -> Shape {
+    X64Target::build(cfg, 1).shape()
+}
+
+fn model_of(cfg: X64Cfg, ops: &[MOp]) -> Model {
+    Model::default()
+        .predict::<X64Target>(&shape(cfg), ops)
+        .expect("valid ops")
+}
+
+#[test]
+fn calculator_known_cases() {
+    let wb = MA::Writeback;
+    let map = |va, size| MOp::Map { va, size, attrs: wb };
+    let alias = |va, pa, size| MOp::MapAliased {
+        va,
+        pa,
+        size,
+        attrs: wb,
+    };
+    let s4 = shape(X64_4L_1G);
+    let s4m = shape(X64_4L_2M);
+    let s5 = shape(X64_5L_1G);
+    let count = |cfg, ops: &[MOp]| min_table_pages(&shape(cfg), &model_of(cfg, ops));
+    assert_eq!(min_table_pages(&s4, &Model::default()), 1);
+    // 2 MiB leaves: root, PDPT, PD.
+    assert_eq!(count(X64_4L_1G, &[map(0x20_0000, 0x40_0000)]), 3);
+    // One 4 KiB page: root, PDPT, PD, PT (one more level on 5-level).
+    assert_eq!(count(X64_4L_1G, &[map(0x1000, 0x1000)]), 4);
+    assert_eq!(count(X64_5L_1G, &[map(0x1000, 0x1000)]), 5);
+    // A whole GiB: a 1 GiB leaf, or one PD of 2 MiB leaves.
+    assert_eq!(count(X64_4L_1G, &[map(GIB, GIB)]), 2);
+    assert_eq!(count(X64_4L_2M, &[map(GIB, GIB)]), 3);
+    // A GiB aliased 4 KiB off alignment: 512 PTs below one PD.
+    assert_eq!(count(X64_4L_1G, &[alias(GIB, GIB + PAGE, GIB)]), 2 + 1 + 512);
+    // 2 MiB-aligned but not 1 GiB-aligned: one PD of 2 MiB leaves.
+    assert_eq!(count(X64_4L_1G, &[alias(GIB, 3 * MIB2, GIB)]), 3);
+    // Across a 1 GiB boundary, one page each side: two PDs, two PTs.
+    assert_eq!(count(X64_4L_1G, &[map(GIB - PAGE, 2 * PAGE)]), 1 + 1 + 2 + 2);
+    // Two halves of a 2 MiB page with different attributes: a PT.
+    let ops = [
+        map(0x20_0000, 0x20_0000),
+        MOp::Protect {
+            va: 0x20_0000,
+            size: PAGE,
+            attrs: MA::ReadOnly,
+        },
+    ];
+    assert_eq!(count(X64_4L_1G, &ops), 4);
+    // Protecting it back merges.
+    let mut back = ops.to_vec();
+    back.push(MOp::Protect {
+        va: 0x20_0000,
+        size: PAGE,
+        attrs: MA::empty(),
+    });
+    assert_eq!(count(X64_4L_1G, &back), 3);
+    // The high half on its own: root plus one table per level below.
+    let high = alias(0xFFFF_8000_0000_0000, 0, 0x20_0000);
+    assert_eq!(count(X64_4L_1G, &[high]), 3);
+    // Regions never merge across the hole, the model does (in linear space).
+    let m = model_of(
+        X64_4L_1G,
+        &[
+            alias(0x0000_7FFF_FFFF_F000, 0x10_0000, PAGE),
+            alias(0xFFFF_8000_0000_0000, 0x10_1000, PAGE),
+        ],
+    );
+    assert_eq!(m.len(), 1);
+    assert_eq!(m.regions(&s4).len(), 2);
+    assert_eq!(min_table_pages(&s4, &m), 1 + 2 * 3);
+    let _ = (s4m, s5);
+}
+
+#[test]
+fn model_predicts_errors() {
+    let s = shape(X64_4L_1G);
+    let wb = MA::Writeback;
+    let m = model_of(
+        X64_4L_1G,
+        &[MOp::Map {
+            va: 0,
+            size: 0x4000,
+            attrs: wb,
+        }],
+    );
+    let err = |ops: &[MOp]| m.predict::<X64Target>(&s, ops).err();
+    let at = |op, error| Some(TxnError { op: Some(op), error });
+    assert_eq!(
+        err(&[MOp::Unmap {
+            va: 0x3000,
+            size: 0x2000
+        }]),
+        at(0, PtError::NoMapping)
+    );
+    assert_eq!(
+        err(&[
+            MOp::Unmap { va: 0, size: 0x1000 },
+            MOp::Protect {
+                va: 0,
+                size: 0x1000,
+                attrs: wb
+            }
+        ]),
+        at(1, PtError::NoMapping)
+    );
+    assert_eq!(
+        err(&[MOp::Unmap {
+            va: 0x800,
+            size: 0x1000
+        }]),
+        at(0, PtError::UnalignedAddress)
+    );
+    assert_eq!(
+        err(&[MOp::Unmap { va: 0, size: 0x800 }]),
+        at(0, PtError::UnalignedMemoryRange)
+    );
+    assert_eq!(
+        err(&[MOp::Unmap { va: 0, size: 0 }]),
+        at(0, PtError::InvalidMemoryRange)
+    );
+    assert_eq!(
+        err(&[MOp::Unmap {
+            va: 0xFFFF_FFFF_FFFF_F000,
+            size: 0x2000
+        }]),
+        at(0, PtError::AdditionOverflow)
+    );
+    assert_eq!(
+        err(&[MOp::Unmap {
+            va: 0x0000_7FFF_FFFF_F000,
+            size: 0x2000
+        }]),
+        at(0, PtError::InvalidMemoryRange)
+    );
+    assert_eq!(
+        err(&[MOp::Map {
+            va: 0xFFFF_8000_0000_0000,
+            size: 0x1000,
+            attrs: wb
+        }]),
+        at(0, PtError::InvalidMemoryRange)
+    );
+    assert_eq!(
+        err(&[MOp::Map {
+            va: 0,
+            size: 0x1000,
+            attrs: wb | MA::Uncached
+        }]),
+        at(0, PtError::IncompatibleMemoryAttributes)
+    );
+    assert_eq!(
+        err(&[MOp::Protect {
+            va: 0,
+            size: 0x1000,
+            attrs: MA::from_bits_retain(0x40)
+        }]),
+        at(0, PtError::InvalidParameter)
+    );
+    assert_eq!(
+        err(&[MOp::MapAliased {
+            va: 0,
+            pa: 0x10,
+            size: 0x1000,
+            attrs: wb
+        }]),
+        at(0, PtError::UnalignedPageBase)
+    );
+    // Protect keeps the cache type unless the change names one.
+    let p = m
+        .predict::<X64Target>(
+            &s,
+            &[
+                MOp::Protect {
+                    va: 0,
+                    size: 0x1000,
+                    attrs: MA::ReadOnly,
+                },
+                MOp::Protect {
+                    va: 0x1000,
+                    size: 0x1000,
+                    attrs: MA::Uncached | MA::ExecuteProtect,
+                },
+            ],
+        )
+        .unwrap();
+    assert_eq!(p.lookup(0).unwrap().1, MA::ReadOnly | wb);
+    assert_eq!(p.lookup(0x1000).unwrap().1, MA::Uncached | MA::ExecuteProtect);
+}
+
+/// Directed: the sequences that must split and merge at 2 MiB and 1 GiB, in every mode.
+#[test]
+fn directed_split_and_merge() {
+    let wb = MA::Writeback;
+    for (name, cfg) in [
+        ("4l_1g", X64_4L_1G),
+        ("4l_2m", X64_4L_2M),
+        ("5l_1g", X64_5L_1G),
+        ("5l_2m", X64_5L_2M),
+    ] {
+        let mut r = Runner::<X64Target>::new(&format!("directed_split_and_merge_{name}"), cfg);
+        let steps: Vec<Vec<MOp>> = vec![
+            vec![MOp::Map {
+                va: GIB,
+                size: GIB,
+                attrs: wb,
+            }],
+            vec![MOp::Protect {
+                va: GIB + 5 * MIB2 + PAGE,
+                size: PAGE,
+                attrs: MA::ReadOnly,
+            }],
+            vec![MOp::Protect {
+                va: GIB + 5 * MIB2 + PAGE,
+                size: PAGE,
+                attrs: MA::empty(),
+            }],
+            vec![
+                MOp::Unmap {
+                    va: GIB + MIB2,
+                    size: MIB2,
+                },
+                MOp::Map {
+                    va: GIB + MIB2,
+                    size: MIB2,
+                    attrs: wb,
+                },
+            ],
+            vec![MOp::MapAliased {
+                va: 0xFFFF_FFFF_FFE0_0000,
+                pa: 0x4000_0000,
+                size: MIB2,
+                attrs: wb,
+            }],
+            vec![MOp::Unmap { va: GIB, size: GIB }],
+            // Built up page by page, then merged to one leaf by the last page.
+            (0..512)
+                .map(|i| MOp::Map {
+                    va: 0x40_0000 + i * PAGE,
+                    size: PAGE,
+                    attrs: wb,
+                })
+                .collect(),
+        ];
+        for ops in steps {
+            assert!(r.step(&ops, false), "directed step failed: {ops:x?}");
+        }
+        // The last page of the low half and the first of the high half, PA-contiguous and
+        // with the same attributes: adjacent in linear space, but two regions.
+        let half = r.shape.space() / 2;
+        let (low_top, high_bottom) = (r.shape.to_canonical(half - PAGE), r.shape.to_canonical(half));
+        let ops = [
+            MOp::MapAliased {
+                va: low_top,
+                pa: 0x10_0000,
+                size: PAGE,
+                attrs: wb,
+            },
+            MOp::MapAliased {
+                va: high_bottom,
+                pa: 0x10_1000,
+                size: PAGE,
+                attrs: wb,
+            },
+        ];
+        assert!(r.step(&ops, false));
+        let regions: Vec<_> = r.target.regions().into_iter().filter(|g| g.pa < 0x20_0000).collect();
+        assert_eq!(regions.len(), 2, "{regions:x?}");
+        assert_eq!((regions[0].va, regions[1].va), (low_top, high_bottom));
+        r.teardown();
+    }
+}
+
+/// Regression (found by the random tests, fixed in f81b69e): a 2 MiB leaf rewritten
+/// entirely by two overlay pieces that do not continue each other (here two protects with
+/// different changes) but end up uniform must be one leaf again.
+#[test]
+fn regression_split_leaf_fully_rewritten_merges() {
+    let mut r = Runner::<X64Target>::new("regression_split_leaf_fully_rewritten_merges", X64_4L_1G);
+    let wb = MA::Writeback;
+    assert!(r.step(
+        &[MOp::Map {
+            va: 0x20_0000,
+            size: 0x20_0000,
+            attrs: wb | MA::ReadOnly
+        }],
+        false
+    ));
+    assert_eq!(r.target.table_pages(), 3);
+    // Both halves become Writeback, read-write: one 2 MiB leaf, still 3 table pages.
+    let ops = [
+        MOp::Protect {
+            va: 0x20_0000,
+            size: 0x10_0000,
+            attrs: wb,
+        },
+        MOp::Protect {
+            va: 0x30_0000,
+            size: 0x10_0000,
+            attrs: MA::empty(),
+        },
+    ];
+    r.target.transaction(&ops, false).1.unwrap();
+    assert_eq!(r.target.query(0x20_0000, 0x20_0000), Ok(wb));
+    assert_eq!(r.target.table_pages(), 3, "the split 2 MiB leaf was not merged back");
+}
+
+/// Regression (found by the random tests, fixed in 1ca23a3): an unmap that replaces a whole
+/// subtree checked each invalid entry in it only against the overlay piece at the entry's
+/// first address, so a NoMapping of an earlier op further into that entry was missed and a
+/// later op was blamed.
+#[test]
+fn regression_unmap_subtree_blames_first_op() {
+    let mut r = Runner::<X64Target>::new("regression_unmap_subtree_blames_first_op", X64_4L_1G);
+    let wb = MA::Writeback;
+    // One page mapped: the 1 GiB entry at 0 is a table.
+    assert!(r.step(
+        &[MOp::Map {
+            va: 0,
+            size: PAGE,
+            attrs: wb
+        }],
+        false
+    ));
+    // Op 0 protects an unmapped page, op 1 unmaps the whole GiB: both fail, op 0 first.
+    let ops = [
+        MOp::Protect {
+            va: 0x20_1000,
+            size: PAGE,
+            attrs: wb,
+        },
+        MOp::Unmap { va: 0, size: GIB },
+    ];
+    let expected = TxnError {
+        op: Some(0),
+        error: PtError::NoMapping,
+    };
+    assert_eq!(r.target.transaction(&ops, false).1.err(), Some(expected));
+}
+
+/// Regression (same root cause, fixed in 1ca23a3): when the piece at the invalid entry's
+/// first page was mapped earlier in the transaction, the rest of that entry was never
+/// checked and an unmap of a partly unmapped range succeeded.
+#[test]
+fn regression_unmap_subtree_detects_no_mapping() {
+    let mut r = Runner::<X64Target>::new("regression_unmap_subtree_detects_no_mapping", X64_4L_1G);
+    let wb = MA::Writeback;
+    // The first GiB mapped except 2 MiB..4 MiB.
+    let setup = [
+        MOp::Map {
+            va: 0,
+            size: 0x20_0000,
+            attrs: wb,
+        },
+        MOp::Map {
+            va: 0x40_0000,
+            size: GIB - 0x40_0000,
+            attrs: wb,
+        },
+    ];
+    assert!(r.step(&setup, false));
+    // Op 1 unmaps the GiB, but 2 MiB + 4 KiB .. 4 MiB is still unmapped at that point.
+    let ops = [
+        MOp::Map {
+            va: 0x20_0000,
+            size: PAGE,
+            attrs: wb,
+        },
+        MOp::Unmap { va: 0, size: GIB },
+    ];
+    let expected = TxnError {
+        op: Some(1),
+        error: PtError::NoMapping,
+    };
+    let before = snapshot(r.target.pool());
+    assert_eq!(r.target.transaction(&ops, false).1.err(), Some(expected));
+    assert!(snapshot(r.target.pool()) == before, "the table changed");
+}
