@@ -1,8 +1,8 @@
 //! # txpaging
 //!
-//! Page tables for firmware, where every change is a transaction: X64 (4- and 5-level)
-//! built, changed, inspected and installed through the familiar [`PageTable`] API, with
-//! batched [`Transaction`]s underneath.
+//! Page tables for firmware, where every change is a transaction: X64 (4- and 5-level) and
+//! AArch64 (4 KiB granule, 3- and 4-level) built, changed, inspected and installed through
+//! the familiar [`PageTable`] API, with batched [`Transaction`]s underneath.
 //!
 //! ```
 //! use txpaging::{MemoryAttributes, PageAllocator, PageTable, PagingType, PtError, X64PageTable};
@@ -40,13 +40,21 @@
 
 extern crate alloc;
 
+pub mod aarch64;
 mod dump;
 pub mod mmu;
 pub mod pool;
+pub mod service;
+pub mod shared;
+pub mod transactional;
 pub mod x64;
 
+pub use aarch64::{AArch64PageTable, Aarch64Config, Aarch64PageTable};
 pub use mmu::{InstallRequest, Mmu, MmuOp, RecordingMmu};
 pub use pool::PagePool;
+pub use service::{MappingService, RequestReport};
+pub use shared::{SharedCommitReport, SharedTable};
+pub use transactional::TransactionalTable;
 pub use txpaging_txn::{
     Barrier, Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, MappedRegion, MemoryAttributes,
     Op, PageAllocator, Plan, PlannedRange, PtError, Retired, Tables, Tlb, Transaction, TxnError, PAGE_SIZE,
@@ -56,9 +64,13 @@ pub use x64::{X64Config, X64PageTable};
 /// The paging mode of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PagingType {
+    /// Three levels (AArch64, 4 KiB granule, TCR_EL1.T0SZ = 25): 39-bit virtual addresses.
+    /// X64 has no such mode (`UnsupportedPagingType`).
+    Paging3Level,
     /// Four levels: 48-bit virtual addresses.
     Paging4Level,
-    /// Five levels (X64 LA57): 57-bit virtual addresses.
+    /// Five levels (X64 LA57): 57-bit virtual addresses. AArch64 has no such mode with the
+    /// 4 KiB granule (`UnsupportedPagingType`).
     Paging5Level,
 }
 
@@ -67,7 +79,8 @@ pub trait PageTable {
     /// Maps `size` bytes at `address` (VA == PA) with `attributes`, whatever was mapped
     /// there before. Accepts `ExecuteProtect`, `ReadOnly`, `ReadProtect` and one cache
     /// attribute (`Uncached`, `WriteCombining`, `WriteThrough`, `Writeback`,
-    /// `UncachedExport`, `WriteProtect`); on X64 the cache attribute may be omitted.
+    /// `UncachedExport`, `WriteProtect`); on X64 the cache attribute may be omitted, on
+    /// AArch64 exactly one is required.
     ///
     /// ## Errors
     /// Range errors, `IncompatibleMemoryAttributes`, `InvalidParameter` for unknown bits,
@@ -78,8 +91,8 @@ pub trait PageTable {
     /// `NoMapping`); it need not be mapped uniformly.
     fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError>;
 
-    /// Makes this table the active one (on X64: IA32_PAT, EFER.NXE, CR3). The table must
-    /// map the running code, stack and data.
+    /// Makes this table the active one (on X64: IA32_PAT, EFER.NXE, CR3; on AArch64:
+    /// MAIR_EL1, TCR_EL1, TTBR0_EL1). The table must map the running code, stack and data.
     fn install_page_table(&self) -> Result<(), PtError>;
 
     /// Returns the attributes of `size` bytes at `address` if the whole range is mapped

@@ -23,6 +23,16 @@ pub enum InstallRequest {
         /// Set IA32_EFER.NXE so ExecuteProtect (NX) is honoured.
         nx: bool,
     },
+    /// AArch64 (EL1&0 regime): program MAIR_EL1, TCR_EL1 and TTBR0_EL1 with these values
+    /// (see `txpaging::aarch64` for the sequence).
+    Aarch64 {
+        /// The MAIR_EL1 value matching the encoding ([`MAIR_LAYOUT`](crate::aarch64::MAIR_LAYOUT)).
+        mair: u64,
+        /// The TCR_EL1 value: TTBR0 walks of the table's size and granule, TTBR1 walks off.
+        tcr: u64,
+        /// The TTBR0_EL1 value: the root table's physical address, ASID 0.
+        ttbr0: u64,
+    },
 }
 
 /// TLB maintenance plus installing a table. Implemented by the real MMU of a target

@@ -16,6 +16,7 @@ fn high(paging: PagingType) -> u64 {
     match paging {
         PagingType::Paging4Level => 0xFFFF_8000_0000_0000,
         PagingType::Paging5Level => 0xFF00_0000_0000_0000,
+        PagingType::Paging3Level => unreachable!("X64 has no 3-level paging"),
     }
 }
 

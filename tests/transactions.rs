@@ -42,6 +42,7 @@ fn levels(paging: PagingType) -> u8 {
     match paging {
         PagingType::Paging4Level => 4,
         PagingType::Paging5Level => 5,
+        PagingType::Paging3Level => unreachable!("X64 has no 3-level paging"),
     }
 }
 

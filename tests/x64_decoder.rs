@@ -65,6 +65,7 @@ fn levels_of(t: &Table) -> u8 {
     match t.paging_type() {
         PagingType::Paging4Level => 4,
         PagingType::Paging5Level => 5,
+        PagingType::Paging3Level => unreachable!("X64 has no 3-level paging"),
     }
 }
 

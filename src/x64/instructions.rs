@@ -82,7 +82,10 @@ impl Mmu for X64Mmu {
             five_level,
             pat,
             nx,
-        } = *request;
+        } = *request
+        else {
+            return Err(PtError::InvalidParameter);
+        };
         let cr4: u64;
         // SAFETY: reading CR4 has no side effects.
         unsafe { asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags)) };

@@ -57,6 +57,7 @@ impl Default for X64Config {
 
 fn geometry(paging_type: PagingType, config: X64Config) -> Result<Geometry, PtError> {
     let levels = match paging_type {
+        PagingType::Paging3Level => return Err(PtError::UnsupportedPagingType),
         PagingType::Paging4Level => 4,
         PagingType::Paging5Level => 5,
     };

@@ -1,0 +1,387 @@
+//! AArch64 page tables (VMSAv8-64 stage 1, EL1&0 regime, TTBR0): 4 KiB granule, 48-bit
+//! (4 levels, L0-L3) or 39-bit (3 levels, L1-L3) virtual addresses, 1 GiB blocks at L1,
+//! 2 MiB blocks at L2, pages at L3.
+//!
+//! Commits on an installed table follow break-before-make (see the classification in
+//! [`Aarch64Codec`]'s [`Codec::needs_break`](txpaging_txn::Codec::needs_break) and
+//! `docs/engine.md`).
+//!
+//! # Installing
+//!
+//! [`PageTable::install_page_table`] hands the MMU an [`InstallRequest::Aarch64`] holding
+//! MAIR_EL1 = [`MAIR_LAYOUT`], TCR_EL1 = [`tcr_el1`]`(va_bits, config.pa_range)` and
+//! TTBR0_EL1 = the root (ASID 0). The real MMU (`Aarch64Mmu`, the default on bare-metal and
+//! UEFI aarch64 targets) then runs, at EL1:
+//!
+//! 1. `DSB ISHST`: the table stores are visible to the walkers;
+//! 2. `MSR MAIR_EL1`, `MSR TCR_EL1`, `MSR TTBR0_EL1`;
+//! 3. `ISB`: the new registers are in effect;
+//! 4. `TLBI VMALLE1IS`, `DSB ISH`, `ISB`: nothing cached from the previous table survives
+//!    (the entries are global, so a TTBR0 switch alone would not drop them).
+//!
+//! SCTLR_EL1 is left alone: if the MMU is off, turning it on (SCTLR_EL1.M, with C and I) is
+//! the caller's business, after the install, from code that the new table maps identically.
+//! The table pages are written with ordinary cacheable stores and the walks are configured
+//! Write-Back Inner Shareable to match; if they were written with the data cache off, clean
+//! them to the point of coherency first.
+
+pub mod encoding;
+#[cfg(target_arch = "aarch64")]
+mod instructions;
+
+use core::fmt;
+
+use txpaging_txn::{
+    Geometry, MappedRegion, MemoryAttributes, PageAllocator, PtError, Regions, Retired, Tables, Transaction,
+};
+
+pub use encoding::{tcr_el1, Aarch64Codec, MAIR_LAYOUT, PA_BITS, PA_RANGE_48};
+#[cfg(target_arch = "aarch64")]
+pub use instructions::Aarch64Mmu;
+
+use crate::dump::{self, DumpFormat};
+use crate::mmu::{InstallRequest, Mmu};
+use crate::{PageTable, PagingType};
+
+/// The MMU used by [`Aarch64PageTable::new`]: the real one on bare-metal and UEFI targets,
+/// a [`RecordingMmu`](crate::RecordingMmu) elsewhere.
+#[cfg(all(target_arch = "aarch64", any(target_os = "none", target_os = "uefi")))]
+pub type DefaultAarch64Mmu = Aarch64Mmu;
+/// The MMU used by [`Aarch64PageTable::new`]: the real one on bare-metal and UEFI targets,
+/// a [`RecordingMmu`](crate::RecordingMmu) elsewhere.
+#[cfg(not(all(target_arch = "aarch64", any(target_os = "none", target_os = "uefi"))))]
+pub type DefaultAarch64Mmu = crate::RecordingMmu;
+
+/// What the CPU supports, as far as the tables and their installation are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aarch64Config {
+    /// Use 1 GiB blocks at L1 (architecturally always available with the 4 KiB granule;
+    /// off builds L2 tables instead). 2 MiB blocks are always used.
+    pub one_gib_blocks: bool,
+    /// Physical address size for TCR_EL1.IPS, in the ID_AA64MMFR0_EL1.PARange encoding
+    /// (0b0101 = 48 bits; larger values are capped to it, the widest output address the
+    /// descriptors hold).
+    pub pa_range: u8,
+}
+
+impl Aarch64Config {
+    /// The running CPU's configuration: 1 GiB blocks, and PARange read from
+    /// ID_AA64MMFR0_EL1 on bare-metal and UEFI aarch64 targets (48 bits elsewhere).
+    pub fn detect() -> Self {
+        #[cfg(all(target_arch = "aarch64", any(target_os = "none", target_os = "uefi")))]
+        let pa_range = instructions::pa_range();
+        #[cfg(not(all(target_arch = "aarch64", any(target_os = "none", target_os = "uefi"))))]
+        let pa_range = PA_RANGE_48;
+        Self {
+            one_gib_blocks: true,
+            pa_range,
+        }
+    }
+}
+
+impl Default for Aarch64Config {
+    /// 1 GiB blocks, 48-bit physical addresses.
+    fn default() -> Self {
+        Self {
+            one_gib_blocks: true,
+            pa_range: PA_RANGE_48,
+        }
+    }
+}
+
+/// The geometry of `paging_type`: 4 levels = 48-bit VA, 3 levels = 39-bit VA; TTBR0
+/// addresses have all bits above the VA size clear (no sign extension).
+fn geometry(paging_type: PagingType, config: Aarch64Config) -> Result<Geometry, PtError> {
+    let levels = match paging_type {
+        PagingType::Paging3Level => 3,
+        PagingType::Paging4Level => 4,
+        PagingType::Paging5Level => return Err(PtError::UnsupportedPagingType),
+    };
+    Ok(Geometry {
+        levels,
+        max_leaf_level: if config.one_gib_blocks { 2 } else { 1 },
+        sign_extended: false,
+        pa_bits: PA_BITS,
+    })
+}
+
+/// An AArch64 page table. Identity maps by default; see [`transaction`](Self::transaction)
+/// for batched and aliased changes.
+pub struct Aarch64PageTable<P: PageAllocator, M: Mmu = DefaultAarch64Mmu> {
+    tables: Tables<Aarch64Codec, P, M>,
+    paging_type: PagingType,
+    config: Aarch64Config,
+}
+
+/// The same type under the Arm spelling.
+pub type AArch64PageTable<P, M = DefaultAarch64Mmu> = Aarch64PageTable<P, M>;
+
+impl<P: PageAllocator> Aarch64PageTable<P> {
+    /// Creates an empty table (one zeroed root page) for `paging_type` (3 or 4 levels), for
+    /// the running CPU ([`Aarch64Config::detect`]) and the default MMU.
+    pub fn new(allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
+        Self::with_mmu(
+            allocator,
+            paging_type,
+            Aarch64Config::detect(),
+            DefaultAarch64Mmu::default(),
+        )
+    }
+
+    /// Opens the existing table at `root` with the default MMU. The table is taken as
+    /// live: commits follow break-before-make.
+    ///
+    /// # Safety
+    /// `root` must be the root of a well-formed AArch64 table of `paging_type` whose pages
+    /// `allocator` reaches, and nothing else may change it while this value is in use.
+    pub unsafe fn from_existing(root: u64, allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
+        // SAFETY: forwarded contract.
+        unsafe {
+            Self::from_existing_with_mmu(
+                root,
+                allocator,
+                paging_type,
+                Aarch64Config::detect(),
+                DefaultAarch64Mmu::default(),
+            )
+        }
+    }
+}
+
+impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
+    /// Creates an empty table with an explicit configuration and MMU.
+    pub fn with_mmu(allocator: P, paging_type: PagingType, config: Aarch64Config, mmu: M) -> Result<Self, PtError> {
+        let tables = Tables::new(allocator, geometry(paging_type, config)?, mmu)?;
+        Ok(Self {
+            tables,
+            paging_type,
+            config,
+        })
+    }
+
+    /// Opens an existing table with an explicit configuration and MMU.
+    ///
+    /// # Safety
+    /// As for [`Aarch64PageTable::from_existing`].
+    pub unsafe fn from_existing_with_mmu(
+        root: u64,
+        allocator: P,
+        paging_type: PagingType,
+        config: Aarch64Config,
+        mmu: M,
+    ) -> Result<Self, PtError> {
+        let geometry = geometry(paging_type, config)?;
+        // SAFETY: forwarded contract.
+        let tables = unsafe { Tables::from_existing(root, allocator, geometry, mmu)? };
+        Ok(Self {
+            tables,
+            paging_type,
+            config,
+        })
+    }
+
+    /// Physical address of the root table (the value for TTBR0_EL1).
+    pub fn root(&self) -> u64 {
+        self.tables.root()
+    }
+
+    /// Gives up ownership and returns the root; the tables stay in memory.
+    pub fn into_page_table_root(self) -> u64 {
+        self.tables.root()
+    }
+
+    /// The paging mode.
+    pub fn paging_type(&self) -> PagingType {
+        self.paging_type
+    }
+
+    /// The configuration the table was built for.
+    pub fn config(&self) -> Aarch64Config {
+        self.config
+    }
+
+    /// The register values [`install_page_table`](PageTable::install_page_table) programs.
+    pub fn install_request(&self) -> InstallRequest {
+        InstallRequest::Aarch64 {
+            mair: MAIR_LAYOUT,
+            tcr: tcr_el1(self.tables.geometry().va_bits(), self.config.pa_range),
+            ttbr0: self.root(),
+        }
+    }
+
+    /// The MMU (a [`RecordingMmu`](crate::RecordingMmu) on the host).
+    pub fn mmu(&self) -> &M {
+        self.tables.tlb()
+    }
+
+    /// The page allocator.
+    pub fn allocator(&self) -> &P {
+        self.tables.allocator()
+    }
+
+    /// The page allocator, mutably (for example to inject failures in tests). Do not use it
+    /// to change or free the table's own pages.
+    pub fn allocator_mut(&mut self) -> &mut P {
+        self.tables.allocator_mut()
+    }
+
+    /// The engine-level table, for tools that walk raw entries.
+    pub fn tables(&self) -> &Tables<Aarch64Codec, P, M> {
+        &self.tables
+    }
+
+    /// Starts a transaction: queue maps, unmaps and protects, then `plan` or `commit`.
+    pub fn transaction(&mut self) -> Transaction<'_, Aarch64Codec, P, M> {
+        self.tables.transaction()
+    }
+
+    /// Gives back the table pages a [`Transaction::commit_retiring`] retired, once no CPU
+    /// can still walk them.
+    pub fn release(&mut self, retired: Retired) {
+        self.tables.release(retired)
+    }
+
+    /// Whether the table is installed: commits on a live table follow break-before-make.
+    /// `install_page_table` and `from_existing` make it live.
+    pub fn is_live(&self) -> bool {
+        self.tables.is_live()
+    }
+
+    /// Declares the table installed (or not) on some CPU, for tables installed by other code.
+    pub fn set_live(&self, live: bool) {
+        self.tables.set_live(live)
+    }
+
+    /// Declares `size` bytes at `address` as never to be broken: the code, stack and table
+    /// pages running the commits (the self-hosting hazard). A commit that would briefly
+    /// unmap them fails with `PtError::PinnedRangeBreak` before any store.
+    pub fn pin_range(&mut self, address: u64, size: u64) -> Result<(), PtError> {
+        self.tables.pin_range(address, size)
+    }
+
+    /// Removes every pinned range.
+    pub fn unpin_all(&mut self) {
+        self.tables.unpin_all()
+    }
+
+    /// Maps `size` bytes at virtual `va` to physical `pa` (one-op transaction).
+    pub fn map_aliased_memory_region(
+        &mut self,
+        va: u64,
+        pa: u64,
+        size: u64,
+        attributes: MemoryAttributes,
+    ) -> Result<(), PtError> {
+        self.transaction()
+            .map_aliased(va, pa, size, attributes)
+            .commit()
+            .map(drop)
+            .map_err(PtError::from)
+    }
+
+    /// Changes the attributes of `size` mapped bytes at `address`, keeping the output
+    /// addresses and, when `attributes` names no cache type, each page's cache type.
+    pub fn protect_memory_region(
+        &mut self,
+        address: u64,
+        size: u64,
+        attributes: MemoryAttributes,
+    ) -> Result<(), PtError> {
+        self.transaction()
+            .protect(address, size, attributes)
+            .commit()
+            .map(drop)
+            .map_err(PtError::from)
+    }
+
+    /// Where `va` translates to, with the attributes of its page.
+    pub fn translate(&self, va: u64) -> Option<(u64, MemoryAttributes)> {
+        self.tables.translate(va)
+    }
+
+    /// The mapped regions in address order, adjacent identical pieces merged.
+    pub fn regions(&self) -> Regions<'_, Aarch64Codec, P> {
+        self.tables.regions()
+    }
+
+    /// Iterator alias of [`regions`](Self::regions) using the familiar name.
+    pub fn iter_mapped_regions(&self) -> impl Iterator<Item = MappedRegion> + '_ {
+        self.tables.regions()
+    }
+
+    /// Number of table pages in use, the root included.
+    pub fn table_pages(&self) -> usize {
+        self.tables.table_pages()
+    }
+
+    /// Writes the dump of `size` bytes at `address` (see [`PageTable::dump_page_tables`]) to `out`.
+    pub fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError> {
+        dump::write(&self.tables, &AARCH64_DUMP, out, address, size)
+    }
+}
+
+/// The AArch64 dump layout: descriptor fields of Arm ARM D8.3, leaf meanings in the legend
+/// (in table descriptors bits 63:59 are NSTable/APTable/XNTable/PXNTable, the rest ignored).
+static AARCH64_DUMP: DumpFormat = DumpFormat {
+    level_names: &["L3", "L2", "L1", "L0"],
+    header: &[
+        "Upper| SW |U|P|C|DBM |           Output address           |n|A|SH|AP|N|Atr|Ty|",
+        "63:59|5855|X|X|o| GP |               47:12                |G|F|98|76|S|Idx|pe|",
+        "     |    |N|N|n|5148|                                    | | |  |  | |4:2|10|",
+        "(table rows: bits 63:59 are NSTable, APTable[1:0], UXNTable, PXNTable; leaf rows: SW bit 55 =",
+        " ReadProtect leaf (then bit 0 is 0), SW bit 56 = execute-never forced by device memory)",
+    ],
+    // (first bit, width) of each column, most significant first.
+    columns: &[
+        (59, 5),
+        (55, 4),
+        (54, 1),
+        (53, 1),
+        (52, 1),
+        (48, 4),
+        (12, 36),
+        (11, 1),
+        (10, 1),
+        (8, 2),
+        (6, 2),
+        (5, 1),
+        (2, 3),
+        (0, 2),
+    ],
+};
+
+impl<P: PageAllocator, M: Mmu> PageTable for Aarch64PageTable<P, M> {
+    fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError> {
+        self.transaction()
+            .map(address, size, attributes)
+            .commit()
+            .map(drop)
+            .map_err(PtError::from)
+    }
+
+    fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
+        self.transaction()
+            .unmap(address, size)
+            .commit()
+            .map(drop)
+            .map_err(PtError::from)
+    }
+
+    /// Programs MAIR_EL1, TCR_EL1 and TTBR0_EL1 (see the [module documentation](self)) and
+    /// marks the table live: later commits follow break-before-make.
+    fn install_page_table(&self) -> Result<(), PtError> {
+        self.tables.tlb().install(&self.install_request())?;
+        self.tables.set_live(true);
+        Ok(())
+    }
+
+    fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
+        self.tables.query(address, size)
+    }
+
+    fn dump_page_tables(&self, address: u64, size: u64) {
+        if let Err(error) = dump::log(&self.tables, &AARCH64_DUMP, address, size) {
+            log::error!("dump_page_tables({address:#x}, {size:#x}) failed: {error}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! [`TransactionalTable`]: the small interface the [`SharedTable`](crate::shared::SharedTable)
+//! handle and the [`MappingService`](crate::service::MappingService) need from a page table,
+//! so both work for every architecture the engine supports.
+
+use core::fmt;
+
+use txpaging_txn::{Committed, MemoryAttributes, Op, PageAllocator, Plan, PtError, Retired, TxnError};
+
+use crate::aarch64::Aarch64PageTable;
+use crate::mmu::Mmu;
+use crate::x64::X64PageTable;
+use crate::PageTable;
+
+/// A page table whose changes are transactions of [`Op`]s.
+///
+/// Implemented by [`X64PageTable`] and [`Aarch64PageTable`]; a new architecture gets the
+/// shared handle and the mapping service by implementing these few methods on top of the
+/// engine's `Transaction` (`extend` + `plan` / `commit_retiring`).
+pub trait TransactionalTable {
+    /// Whether the invalidations a commit issues already reach every CPU, and are complete,
+    /// when the commit returns. Then no shootdown is needed and retired table pages can go
+    /// back to the allocator at once.
+    ///
+    /// X64: `false` (INVLPG and CR3 reloads act on the issuing CPU only; other CPUs need an
+    /// IPI shootdown, SDM 4.10.5). AArch64: `true` (`TLBI VAE1IS` / `VMALLE1IS` reach every
+    /// CPU of the Inner Shareable domain, Arm ARM TLBI register descriptions, and the commit
+    /// of a live table waits for them with `DSB ISH`).
+    const BROADCAST_INVALIDATION: bool;
+
+    /// Dry run of `ops` as one transaction: what a commit would do, or its error.
+    fn plan_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Plan, TxnError>;
+
+    /// Commits `ops` as one transaction, keeping the table pages it stops using
+    /// ([`Committed::retired`]) for [`release_retired`](Self::release_retired).
+    fn commit_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Committed, TxnError>;
+
+    /// Gives retired table pages back to the allocator (once no CPU can walk them).
+    fn release_retired(&mut self, retired: Retired);
+
+    /// The attributes of `size` bytes at `address` (see [`PageTable::query_memory_region`]).
+    fn query(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError>;
+
+    /// Writes the dump of `size` bytes at `address` to `out` (see [`PageTable::dump_page_tables`]).
+    fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError>;
+}
+
+impl<P: PageAllocator, M: Mmu> TransactionalTable for X64PageTable<P, M> {
+    const BROADCAST_INVALIDATION: bool = false;
+
+    fn plan_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Plan, TxnError> {
+        self.transaction().extend(ops).plan()
+    }
+
+    fn commit_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Committed, TxnError> {
+        self.transaction().extend(ops).commit_retiring()
+    }
+
+    fn release_retired(&mut self, retired: Retired) {
+        self.release(retired)
+    }
+
+    fn query(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
+        self.query_memory_region(address, size)
+    }
+
+    fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError> {
+        X64PageTable::dump_to(self, out, address, size)
+    }
+}
+
+impl<P: PageAllocator, M: Mmu> TransactionalTable for Aarch64PageTable<P, M> {
+    const BROADCAST_INVALIDATION: bool = true;
+
+    fn plan_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Plan, TxnError> {
+        self.transaction().extend(ops).plan()
+    }
+
+    fn commit_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Committed, TxnError> {
+        self.transaction().extend(ops).commit_retiring()
+    }
+
+    fn release_retired(&mut self, retired: Retired) {
+        self.release(retired)
+    }
+
+    fn query(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
+        self.query_memory_region(address, size)
+    }
+
+    fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError> {
+        Aarch64PageTable::dump_to(self, out, address, size)
+    }
+}
