@@ -1,6 +1,7 @@
 //! Randomized reference-model tests: random transactions and one-op calls on 4- and
-//! 5-level X64 tables, with and without 1 GiB pages, checked after every commit against a
-//! reference model (see `model_support`), plus allocation-failure injection.
+//! 5-level X64 tables and 3- and 4-level AArch64 tables, with and without 1 GiB pages
+//! (blocks), checked after every commit against a reference model (see `model_support`),
+//! plus allocation-failure injection.
 //!
 //! `TXPAGING_SEED=<n>` replays a run (a failing test prints its seed), `TXPAGING_SEED=random`
 //! explores a fresh one;
@@ -27,11 +28,28 @@ const X64_5L_2M: X64Cfg = X64Cfg {
     five_level: true,
     one_gib_pages: false,
 };
+const A64_3L_1G: Aarch64Cfg = Aarch64Cfg {
+    three_level: true,
+    one_gib_blocks: true,
+};
+const A64_3L_2M: Aarch64Cfg = Aarch64Cfg {
+    three_level: true,
+    one_gib_blocks: false,
+};
+const A64_4L_1G: Aarch64Cfg = Aarch64Cfg {
+    three_level: false,
+    one_gib_blocks: true,
+};
+const A64_4L_2M: Aarch64Cfg = Aarch64Cfg {
+    three_level: false,
+    one_gib_blocks: false,
+};
 
-/// Shares of the total op budget, in per mille (they add up to just over 1000).
-const TXN_SHARE: u64 = 175;
-const ONE_OP_SHARE: u64 = 40;
-const ALLOC_SHARE: u64 = 40;
+/// Shares of the total op budget, in per mille, per configuration: 8 configurations (4 X64,
+/// 4 AArch64) of 130 add up to 1040, about 62,400 ops per architecture by default.
+const TXN_SHARE: u64 = 90;
+const ONE_OP_SHARE: u64 = 20;
+const ALLOC_SHARE: u64 = 20;
 
 fn random_transactions<T: ModelTarget>(test: &str, cfg: T::Config) {
     let mut runner = Runner::<T>::new(test, cfg);
@@ -77,6 +95,18 @@ model_tests! {
     allocation_failures_x64_4level_2m: allocation_failures(X64Target, X64_4L_2M);
     allocation_failures_x64_5level_1g: allocation_failures(X64Target, X64_5L_1G);
     allocation_failures_x64_5level_2m: allocation_failures(X64Target, X64_5L_2M);
+    transactions_aarch64_3level_1g: random_transactions(Aarch64Target, A64_3L_1G);
+    transactions_aarch64_3level_2m: random_transactions(Aarch64Target, A64_3L_2M);
+    transactions_aarch64_4level_1g: random_transactions(Aarch64Target, A64_4L_1G);
+    transactions_aarch64_4level_2m: random_transactions(Aarch64Target, A64_4L_2M);
+    one_op_api_aarch64_3level_1g: random_one_ops(Aarch64Target, A64_3L_1G);
+    one_op_api_aarch64_3level_2m: random_one_ops(Aarch64Target, A64_3L_2M);
+    one_op_api_aarch64_4level_1g: random_one_ops(Aarch64Target, A64_4L_1G);
+    one_op_api_aarch64_4level_2m: random_one_ops(Aarch64Target, A64_4L_2M);
+    allocation_failures_aarch64_3level_1g: allocation_failures(Aarch64Target, A64_3L_1G);
+    allocation_failures_aarch64_3level_2m: allocation_failures(Aarch64Target, A64_3L_2M);
+    allocation_failures_aarch64_4level_1g: allocation_failures(Aarch64Target, A64_4L_1G);
+    allocation_failures_aarch64_4level_2m: allocation_failures(Aarch64Target, A64_4L_2M);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -460,4 +490,418 @@ fn regression_unmap_subtree_detects_no_mapping() {
     let before = snapshot(r.target.pool());
     assert_eq!(r.target.transaction(&ops, false).1.err(), Some(expected));
     assert!(snapshot(r.target.pool()) == before, "the table changed");
+}
+
+// ------------------------------------------------------------------------------------------
+// AArch64: the model and the harness's own decoder on known cases, directed sequences
+// ------------------------------------------------------------------------------------------
+
+const A64_CONFIGS: [(&str, Aarch64Cfg); 4] = [
+    ("3l_1g", A64_3L_1G),
+    ("3l_2m", A64_3L_2M),
+    ("4l_1g", A64_4L_1G),
+    ("4l_2m", A64_4L_2M),
+];
+
+fn a64_shape(cfg: Aarch64Cfg) -> Shape {
+    Aarch64Target::build(cfg, 1).shape()
+}
+
+#[test]
+fn aarch64_calculator_known_cases() {
+    let wb = MA::Writeback;
+    let map = |va, size| MOp::Map { va, size, attrs: wb };
+    let count = |cfg, ops: &[MOp]| {
+        let shape = a64_shape(cfg);
+        let model = Model::default()
+            .predict::<Aarch64Target>(&shape, ops)
+            .expect("valid ops");
+        min_table_pages(&shape, &model)
+    };
+    // A whole GiB: a 1 GiB block in the root (3 levels) or in an L1 table (4 levels), or an
+    // L2 table of 2 MiB blocks.
+    assert_eq!(count(A64_3L_1G, &[map(GIB, GIB)]), 1);
+    assert_eq!(count(A64_3L_2M, &[map(GIB, GIB)]), 2);
+    assert_eq!(count(A64_4L_1G, &[map(GIB, GIB)]), 2);
+    assert_eq!(count(A64_4L_2M, &[map(GIB, GIB)]), 3);
+    // One page: a table per level.
+    assert_eq!(count(A64_3L_1G, &[map(PAGE, PAGE)]), 3);
+    assert_eq!(count(A64_4L_1G, &[map(PAGE, PAGE)]), 4);
+    // Across the middle of the space (no hole on AArch64): one run, one region.
+    for (_, cfg) in A64_CONFIGS {
+        let shape = a64_shape(cfg);
+        let mid = shape.space() / 2;
+        let model = Model::default()
+            .predict::<Aarch64Target>(&shape, &[map(mid - PAGE, 2 * PAGE)])
+            .unwrap();
+        assert_eq!(model.regions(&shape).len(), 1);
+        assert_eq!(min_table_pages(&shape, &model), 1 + 2 * (shape.levels as usize - 1));
+    }
+}
+
+/// The model's AArch64 errors, each also run against the library through the runner (which
+/// asserts that the library returns exactly what the model predicts, table unchanged).
+#[test]
+fn aarch64_model_predicts_errors() {
+    let wb = MA::Writeback;
+    let at = |op, error| Some(TxnError { op: Some(op), error });
+    for (name, cfg) in A64_CONFIGS {
+        let mut r = Runner::<Aarch64Target>::new(&format!("aarch64_model_predicts_errors_{name}"), cfg);
+        assert!(r.step(
+            &[MOp::Map {
+                va: 0,
+                size: 0x4000,
+                attrs: wb
+            }],
+            false
+        ));
+        let top = r.shape.space();
+        let cases: Vec<(MOp, Option<TxnError>)> = vec![
+            // No cache attribute: AArch64 has no default memory type.
+            (
+                MOp::Map {
+                    va: 0x10_0000,
+                    size: PAGE,
+                    attrs: MA::ReadOnly,
+                },
+                at(0, PtError::IncompatibleMemoryAttributes),
+            ),
+            (
+                MOp::MapAliased {
+                    va: 0x10_0000,
+                    pa: 0x20_0000,
+                    size: PAGE,
+                    attrs: MA::empty(),
+                },
+                at(0, PtError::IncompatibleMemoryAttributes),
+            ),
+            // Unknown bits are checked before the cache count.
+            (
+                MOp::Map {
+                    va: 0x10_0000,
+                    size: PAGE,
+                    attrs: MA::from_bits_retain(0x8000),
+                },
+                at(0, PtError::InvalidParameter),
+            ),
+            (
+                MOp::Map {
+                    va: 0x10_0000,
+                    size: PAGE,
+                    attrs: wb | MA::WriteCombining,
+                },
+                at(0, PtError::IncompatibleMemoryAttributes),
+            ),
+            // A protect may name no cache type.
+            (
+                MOp::Protect {
+                    va: 0,
+                    size: PAGE,
+                    attrs: MA::ReadOnly,
+                },
+                None,
+            ),
+            (
+                MOp::Protect {
+                    va: 0,
+                    size: PAGE,
+                    attrs: MA::Uncached | MA::UncachedExport,
+                },
+                at(0, PtError::IncompatibleMemoryAttributes),
+            ),
+            // TTBR0 only: upper bits set, past the top, across the top.
+            (
+                MOp::Map {
+                    va: top,
+                    size: PAGE,
+                    attrs: wb,
+                },
+                at(0, PtError::InvalidMemoryRange),
+            ),
+            (
+                MOp::Map {
+                    va: top - PAGE,
+                    size: 2 * PAGE,
+                    attrs: wb,
+                },
+                at(0, PtError::InvalidMemoryRange),
+            ),
+            (
+                MOp::Unmap {
+                    va: 0xFFFF_0000_0000_0000,
+                    size: PAGE,
+                },
+                at(0, PtError::InvalidMemoryRange),
+            ),
+            (
+                MOp::Unmap {
+                    va: 1 << 48,
+                    size: PAGE,
+                },
+                at(0, PtError::InvalidMemoryRange),
+            ),
+            // The last page of the space is fine.
+            (
+                MOp::MapAliased {
+                    va: top - PAGE,
+                    pa: 0x1234_5000,
+                    size: PAGE,
+                    attrs: wb,
+                },
+                None,
+            ),
+            // Physical ranges end at 2^48.
+            (
+                MOp::MapAliased {
+                    va: 0x10_0000,
+                    pa: (1 << 48) - PAGE,
+                    size: 2 * PAGE,
+                    attrs: wb,
+                },
+                at(0, PtError::InvalidMemoryRange),
+            ),
+            (
+                MOp::MapAliased {
+                    va: 0x10_0000,
+                    pa: (1 << 48) - PAGE,
+                    size: PAGE,
+                    attrs: wb,
+                },
+                None,
+            ),
+        ];
+        for (op, want) in cases {
+            let got = r.model.predict::<Aarch64Target>(&r.shape, &[op]).err();
+            assert_eq!(got, want, "{name}: {op:x?}");
+            let ok = r.step(&[op], false);
+            assert_eq!(ok, want.is_none());
+            let ok = r.step(&[op], true);
+            assert_eq!(ok, want.is_none());
+        }
+        // 1 << 39 is the top of 3-level tables, an ordinary address on 4 levels.
+        let op = MOp::Map {
+            va: 1 << 39,
+            size: PAGE,
+            attrs: wb,
+        };
+        let want = cfg.three_level.then_some(TxnError {
+            op: Some(0),
+            error: PtError::InvalidMemoryRange,
+        });
+        assert_eq!(r.model.predict::<Aarch64Target>(&r.shape, &[op]).err(), want);
+        assert_eq!(r.step(&[op], false), want.is_none());
+        r.teardown();
+    }
+}
+
+/// Directed: the sequences that must split and merge at 2 MiB and 1 GiB, on 3 and 4
+/// levels, plus the top of the space and a run across its middle.
+#[test]
+fn aarch64_directed_split_and_merge() {
+    let wb = MA::Writeback;
+    for (name, cfg) in A64_CONFIGS {
+        let mut r = Runner::<Aarch64Target>::new(&format!("aarch64_directed_split_and_merge_{name}"), cfg);
+        let top = r.shape.space();
+        let steps: Vec<Vec<MOp>> = vec![
+            vec![MOp::Map {
+                va: GIB,
+                size: GIB,
+                attrs: wb,
+            }],
+            vec![MOp::Protect {
+                va: GIB + 5 * MIB2 + PAGE,
+                size: PAGE,
+                attrs: MA::ReadOnly,
+            }],
+            vec![MOp::Protect {
+                va: GIB + 5 * MIB2 + PAGE,
+                size: PAGE,
+                attrs: MA::empty(),
+            }],
+            // Memory type changes: device memory is execute-never in hardware, but reads
+            // back as mapped.
+            vec![MOp::Protect {
+                va: GIB + 7 * MIB2,
+                size: MIB2,
+                attrs: MA::Uncached,
+            }],
+            vec![MOp::Protect {
+                va: GIB + 7 * MIB2,
+                size: PAGE,
+                attrs: MA::UncachedExport | MA::ExecuteProtect | MA::ReadProtect,
+            }],
+            vec![MOp::Protect {
+                va: GIB + 7 * MIB2,
+                size: MIB2,
+                attrs: wb,
+            }],
+            vec![
+                MOp::Unmap {
+                    va: GIB + MIB2,
+                    size: MIB2,
+                },
+                MOp::Map {
+                    va: GIB + MIB2,
+                    size: MIB2,
+                    attrs: wb,
+                },
+            ],
+            vec![MOp::MapAliased {
+                va: top - MIB2,
+                pa: 0x4000_0000,
+                size: MIB2,
+                attrs: wb,
+            }],
+            vec![MOp::Unmap { va: GIB, size: GIB }],
+            // Built up page by page, then merged to one block by the last page.
+            (0..512)
+                .map(|i| MOp::Map {
+                    va: 0x40_0000 + i * PAGE,
+                    size: PAGE,
+                    attrs: MA::WriteThrough,
+                })
+                .collect(),
+        ];
+        for ops in steps {
+            assert!(r.step(&ops, false), "directed step failed: {ops:x?}");
+        }
+        assert_eq!(r.target.query(0x40_0000, MIB2), Ok(MA::WriteThrough));
+        // Across the middle of the space: one region (there is no hole to split it).
+        let mid = top / 2;
+        let ops = [MOp::MapAliased {
+            va: mid - PAGE,
+            pa: 0x10_0000,
+            size: 2 * PAGE,
+            attrs: wb,
+        }];
+        assert!(r.step(&ops, false));
+        let regions: Vec<_> = r.target.regions().into_iter().filter(|g| g.pa == 0x10_0000).collect();
+        assert_eq!(regions.len(), 1, "{regions:x?}");
+        assert_eq!((regions[0].va, regions[0].size), (mid - PAGE, 2 * PAGE));
+        r.teardown();
+    }
+}
+
+/// Negative controls for the harness's AArch64 decoder: single-field corruptions of
+/// descriptors the library wrote must be rejected, permission flips accepted.
+#[test]
+fn aarch64_decoder_rejects_foreign_bits() {
+    let wb = MA::Writeback;
+    let mut r = Runner::<Aarch64Target>::new("aarch64_decoder_rejects_foreign_bits", A64_4L_1G);
+    let setup = [
+        MOp::Map {
+            va: GIB,
+            size: GIB,
+            attrs: wb,
+        },
+        MOp::Map {
+            va: 0x20_0000,
+            size: MIB2,
+            attrs: MA::Uncached,
+        },
+        MOp::Map {
+            va: 0x40_0000,
+            size: PAGE,
+            attrs: MA::WriteCombining | MA::ReadProtect,
+        },
+        MOp::Map {
+            va: 0x40_1000,
+            size: PAGE,
+            attrs: MA::UncachedExport | MA::ExecuteProtect,
+        },
+        MOp::Map {
+            va: 0x40_2000,
+            size: PAGE,
+            attrs: MA::WriteProtect | MA::ReadOnly,
+        },
+    ];
+    assert!(r.step(&setup, false));
+    let mut leaves = Vec::new();
+    let mut tables = Vec::new();
+    r.target
+        .visit_entries(0, 2 * GIB, &mut |level, _, raw| match r.target.decode(raw, level) {
+            Ok(RawEntry::Leaf { .. }) => leaves.push((level, raw)),
+            Ok(RawEntry::Table(_)) => tables.push((level, raw)),
+            Ok(RawEntry::Invalid) => {}
+            Err(e) => panic!("{e}"),
+        })
+        .unwrap();
+    assert_eq!(leaves.len(), 5, "{leaves:x?}");
+    assert!(leaves.iter().any(|&(level, _)| level == 2), "a 1 GiB block");
+    assert!(leaves.iter().any(|&(level, _)| level == 1), "a 2 MiB block");
+    let t = &r.target;
+    let rejected = |raw: u64, level: u8| t.decode(raw, level).is_err();
+    for &(level, raw) in &leaves {
+        let attrs = match t.decode(raw, level).unwrap() {
+            RawEntry::Leaf { attrs, .. } => attrs,
+            other => panic!("{other:?}"),
+        };
+        let device = attrs.intersects(MA::Uncached | MA::UncachedExport);
+        // NS, AP[1], SH (each bit), AF, nG, RES0 49:48, GP, DBM, Contiguous, PXN or UXN
+        // alone, SW 55 (valid <-> ReadProtect marker), SW 57, 58, bits 63:59.
+        let mut bits = vec![
+            5, 6, 8, 9, 10, 11, 48, 49, 50, 51, 52, 53, 54, 55, 57, 58, 59, 60, 61, 62, 63,
+        ];
+        // The valid bit alone (a ReadProtect leaf needs SW 55 with it).
+        bits.push(0);
+        // The type bit: a page at L3 becomes reserved 0b01; a block becomes a "table" with
+        // leaf bits.
+        bits.push(1);
+        // Address bits below the block size.
+        if level > 0 {
+            bits.extend([12, 20]);
+        }
+        if level > 1 {
+            bits.extend([21, 29]);
+        }
+        for bit in bits {
+            assert!(
+                rejected(raw ^ (1 << bit), level),
+                "bit {bit} flipped in {raw:#x} (level {level}, {attrs:?}) was accepted"
+            );
+        }
+        // AttrIndx 6 and 7 are never written.
+        for index in [6u64, 7] {
+            assert!(rejected(raw & !(7 << 2) | index << 2, level), "AttrIndx {index}");
+        }
+        // The forced-XN software bit on normal memory; device memory without XN.
+        if device {
+            assert!(
+                rejected(raw & !(3 << 53) & !(1 << 56), level),
+                "executable device memory"
+            );
+        } else {
+            assert!(rejected(raw | 1 << 56, level), "forced XN on normal memory");
+        }
+        // Not above the highest block level, and never a block at L0.
+        assert!(rejected(raw & !2, 3), "a block at L0");
+        // ReadOnly flips in place; a different page address is just another mapping.
+        let flipped = raw ^ (1 << 7);
+        match t.decode(flipped, level) {
+            Ok(RawEntry::Leaf { attrs: a, .. }) => assert_eq!(a, attrs ^ MA::ReadOnly),
+            other => panic!("AP[2] flip of {raw:#x}: {other:?}"),
+        }
+        assert!(t.decode(raw ^ (1 << 40), level).is_ok());
+    }
+    // A 1 GiB block where 1 GiB blocks are off.
+    let two_mib = Aarch64Target::build(A64_4L_2M, 4);
+    let &(_, gib_block) = leaves.iter().find(|&&(level, _)| level == 2).unwrap();
+    assert!(two_mib.decode(gib_block, 2).is_err());
+    // Table descriptors: 0b11 | address and nothing else.
+    assert!(!tables.is_empty());
+    for &(level, raw) in &tables {
+        for bit in [0, 2, 5, 6, 7, 8, 10, 11, 48, 52, 53, 54, 55, 59, 60, 61, 62, 63] {
+            assert!(
+                rejected(raw ^ (1 << bit), level),
+                "bit {bit} flipped in table descriptor {raw:#x} (level {level}) was accepted"
+            );
+        }
+    }
+    // Stray bits in an invalid descriptor.
+    for level in 0..4 {
+        assert!(rejected(1 << 10, level));
+        assert!(rejected(2, level));
+        assert_eq!(t.decode(0, level), Ok(RawEntry::Invalid));
+    }
+    r.teardown();
 }

@@ -6,7 +6,8 @@
 //! - [`min_table_pages`]: the table pages of the canonical form of a model, computed from
 //!   the runs alone.
 //! - [`ModelTarget`]: what an architecture supplies (table construction, shape, raw entry
-//!   decoding, interesting address windows). Only X64 exists today: [`X64Target`].
+//!   decoding, interesting address windows): [`X64Target`], and [`Aarch64Target`] in
+//!   `aarch64.rs`.
 //! - [`Runner`]: generates random transactions, predicts them with the model, runs them on
 //!   the target and checks everything after each commit (or that a failed commit changed
 //!   no byte).
@@ -1203,6 +1204,17 @@ fn bad_attrs(rng: &mut Rng) -> MA {
     }
 }
 
+/// Map attributes without a cache type (bad where a map needs one), sometimes with an
+/// unknown bit too (then `InvalidParameter` comes first).
+fn no_cache_attrs(rng: &mut Rng) -> MA {
+    let access = random_access(rng);
+    if rng.chance(25) {
+        access | MA::from_bits_retain(rng.pick(&[0x20u64, 0x8000, 1 << 40]))
+    } else {
+        access
+    }
+}
+
 /// Random op generation against a target's windows.
 pub struct Gen {
     pub shape: Shape,
@@ -1294,7 +1306,8 @@ impl Gen {
             30..=54 => base + rng.range(1, 4) * GIB,
             55..=69 => base + rng.range(1, 8) * MIB2,
             70..=79 => base + rng.range(1, 7) * PAGE,
-            80..=89 => (rng.below(1 << 28) << 21) | (va & (MIB2 - 1)),
+            // Masked to half the physical width (changes nothing on X64's 52 bits).
+            80..=89 => ((rng.below(1 << 28) << 21) | (va & (MIB2 - 1))) & ((1 << (self.shape.pa_bits - 1)) - 1),
             _ => rng.below(1 << 36) << 12,
         }
     }
@@ -1369,9 +1382,12 @@ impl Gen {
             3 => (0xFFFF_FFFF_FFFF_F000, rng.range(2, 4) * PAGE),
             4 => (rng.pick(&self.invalid_addresses), size),
             5 => {
-                // Across the canonical hole (or off the top of the space).
-                let top = self.shape.to_canonical(self.shape.space() / 2 - PAGE);
-                (top, rng.range(2, 16) * PAGE)
+                // Across the canonical hole, or off the top of a space without one.
+                let last = match self.shape.hole() {
+                    Some(hole) => hole - PAGE,
+                    None => self.shape.space() - PAGE,
+                };
+                (self.shape.to_canonical(last), rng.range(2, 16) * PAGE)
             }
             _ => (va, size),
         };
@@ -1415,7 +1431,11 @@ impl Gen {
             (_, 4) => MOp::Map {
                 va,
                 size,
-                attrs: bad_attrs(rng),
+                attrs: if !T::map_cache_optional() && rng.chance(40) {
+                    no_cache_attrs(rng)
+                } else {
+                    bad_attrs(rng)
+                },
             },
             (_, 5) => MOp::MapAliased {
                 va: bva,
@@ -2046,3 +2066,6 @@ impl<T: ModelTarget> Runner<T> {
         )
     }
 }
+
+pub mod aarch64;
+pub use aarch64::*;
