@@ -323,19 +323,12 @@ fn check_exact_live_merge(changed: MA, back: MA) {
 }
 
 #[test]
-#[ignore = "BUG: a live merge whose page changes permissions only also stores that page into the \
-            L3 table being freed and invalidates it again after the make: TLBI x512 (break), then \
-            TLBI of the page in the make batch; pages_invalidated 513, invalidation_batches 2, \
-            entries_written 2 (one redundant store and TLBI per changed page of the freed table)"]
-fn bug_live_merge_by_permission_change_invalidates_a_page_of_the_freed_table_again() {
+fn live_merge_by_permission_change_makes_no_store_into_the_freed_table() {
     check_exact_live_merge(MA::ReadOnly, MA::empty());
 }
 
 #[test]
-#[ignore = "BUG: a live merge whose page changes memory type breaks that page inside the L3 table \
-            being freed as well as the table descriptor: plan/report breaks 2, and 1 + 512 pages \
-            exceed the limit, so the break batch is one TLBI VMALLE1IS instead of 512 TLBI VAE1IS"]
-fn bug_live_merge_by_memory_type_change_breaks_a_page_of_the_freed_table() {
+fn live_merge_by_memory_type_change_breaks_only_the_table_descriptor() {
     check_exact_live_merge(MA::Uncached, WB);
 }
 

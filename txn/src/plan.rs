@@ -61,6 +61,14 @@ pub(crate) enum Slot {
     Table,
 }
 
+/// Where the plan stood before descending into a table (see `Walk::roll_back`).
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    stores: usize,
+    flush: (usize, u64),
+    break_flush: (usize, u64),
+}
+
 /// How the table below an entry is (or will be) linked.
 #[derive(Debug, Clone, Copy)]
 enum Link {
@@ -538,8 +546,9 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         match old {
             Entry::Table(pa) => {
                 let child = TableRef::Existing(pa);
+                let mark = self.mark();
                 let outcome = self.update_table(child, View::Memory(pa), child_level, entry_va, segments, can_merge);
-                self.settle(at, old_raw, child, Link::Linked, outcome)
+                self.settle(at, old_raw, child, Link::Linked, outcome, mark)
             }
             Entry::Leaf { pa, attributes } => {
                 if segments
@@ -553,8 +562,9 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 let view = View::Split { pa, attributes };
                 let child = self.new_table(view, child_level);
                 let link = self.reserve_store(at);
+                let mark = self.mark();
                 let outcome = self.update_table(child, view, child_level, entry_va, segments, can_merge);
-                self.settle(at, old_raw, child, Link::Reserved(link), outcome)
+                self.settle(at, old_raw, child, Link::Reserved(link), outcome, mark)
             }
             Entry::Invalid => {
                 if !segments.iter().any(|s| matches!(s.action, Action::Map { .. })) {
@@ -565,15 +575,44 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 }
                 // A new table is complete before the store that links it.
                 let child = self.new_table(View::Empty, child_level);
+                let mark = self.mark();
                 let outcome = self.update_table(child, View::Empty, child_level, entry_va, segments, can_merge);
-                self.settle(at, old_raw, child, Link::Unlinked, outcome)
+                self.settle(at, old_raw, child, Link::Unlinked, outcome, mark)
             }
         }
     }
 
+    /// Where the plan stood before descending into a table.
+    fn mark(&self) -> Mark {
+        Mark {
+            stores: self.plan.stores.len(),
+            flush: self.plan.flush.checkpoint(),
+            break_flush: self.plan.break_flush.checkpoint(),
+        }
+    }
+
+    /// Drops what the plan recorded since `mark`: the stores into a table that will be
+    /// dropped, and their invalidations, which the change of its parent entry covers.
+    fn roll_back(&mut self, mark: Mark) {
+        for store in self.plan.stores.drain(mark.stores..) {
+            self.plan.counts.entries_written -= 1;
+            self.plan.counts.breaks -= usize::from(store.breaks);
+        }
+        self.plan.flush.roll_back(mark.flush);
+        self.plan.break_flush.roll_back(mark.break_flush);
+    }
+
     /// Decides what the entry at `at` (content `old_raw` before the commit) holds after its
-    /// table `child` was updated to `outcome`.
-    fn settle(&mut self, at: Position, old_raw: u64, child: TableRef, link: Link, outcome: Outcome) -> Slot {
+    /// table `child` was updated to `outcome`; `mark` is where the plan stood before.
+    fn settle(
+        &mut self,
+        at: Position,
+        old_raw: u64,
+        child: TableRef,
+        link: Link,
+        outcome: Outcome,
+        mark: Mark,
+    ) -> Slot {
         let size = Geometry::entry_size(at.level);
         let (raw, slot) = match outcome {
             Outcome::Empty => (INVALID_ENTRY, Slot::Invalid),
@@ -597,6 +636,19 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 return Slot::Table;
             }
         };
+        // The table is dropped, so the stores into it (and below it) are useless. Their
+        // invalidations are covered by the parent's change when that invalidates the whole
+        // range: always for a table no walker reached (a split of a leaf, whose replacement
+        // invalidates the leaf; a new table), and for a linked table when the change is
+        // phased (the break or the removal invalidates every page of the entry). On X64 a
+        // linked table's pages keep their own INVLPGs: one INVLPG covers one 4 KiB entry.
+        let covered = match link {
+            Link::Linked => self.plan.phased,
+            Link::Reserved(_) | Link::Unlinked => true,
+        };
+        if covered {
+            self.roll_back(mark);
+        }
         match link {
             Link::Reserved(store) => {
                 // The split turned out uniform again: one store of the final leaf.

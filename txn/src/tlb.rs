@@ -91,6 +91,20 @@ impl FlushBatch {
             .flat_map(|&(va, pages)| (0..pages).map(move |page| va.wrapping_add(page * 4096)))
     }
 
+    /// A point to [`roll_back`](Self::roll_back) to.
+    pub(crate) fn checkpoint(&self) -> (usize, u64) {
+        (self.ranges.len(), self.pages)
+    }
+
+    /// Forgets what was recorded after `checkpoint`. A batch that became a full flush since
+    /// stays one (always safe).
+    pub(crate) fn roll_back(&mut self, checkpoint: (usize, u64)) {
+        if !self.full {
+            self.ranges.truncate(checkpoint.0);
+            self.pages = checkpoint.1;
+        }
+    }
+
     /// Issues the batch through `tlb`.
     pub fn issue(&self, tlb: &impl Tlb) {
         if self.full {
