@@ -31,6 +31,14 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
     /// `NonUniformMemoryAttributes` if the pages differ.
     pub fn query(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
         let (start, end) = self.geometry().linear_range(address, size)?;
+        // The common query lies inside one entry: one walk, no visitor.
+        let (entry, _, entry_end) = self.entry_at(start);
+        if end <= entry_end {
+            return match entry {
+                Entry::Leaf { attributes, .. } => Ok(attributes),
+                Entry::Invalid | Entry::Table(_) => Err(PtError::NoMapping),
+            };
+        }
         let mut found: Option<MemoryAttributes> = None;
         let mut uniform = true;
         let flow = self.visit_leaves(start, end, &mut |_, _, leaf| match leaf {
@@ -53,13 +61,29 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
     /// Where canonical `va` translates to: its physical address and attributes.
     pub fn translate(&self, va: u64) -> Option<(u64, MemoryAttributes)> {
         let linear = self.geometry().to_linear(va)?;
-        let page = linear & !0xFFF;
-        let mut result = None;
-        let _ = self.visit_leaves(page, page + 0x1000, &mut |_, _, leaf| {
-            result = leaf.map(|(pa, attributes)| (pa + (linear & 0xFFF), attributes));
-            ControlFlow::Break(())
-        });
-        result
+        match self.entry_at(linear) {
+            (Entry::Leaf { pa, attributes }, start, _) => Some((pa + (linear - start), attributes)),
+            _ => None,
+        }
+    }
+
+    /// The entry that ends the walk for linear `va` (a leaf or an invalid entry), with the
+    /// linear start and end of its range.
+    fn entry_at(&self, va: u64) -> (Entry, u64, u64) {
+        let memory = TableMemory::new(self.allocator());
+        let mut table = self.root();
+        let mut level = self.geometry().top_level();
+        loop {
+            let size = Geometry::entry_size(level);
+            let start = va & !(size - 1);
+            match C::decode(memory.read(table, Geometry::index(va, level)), level) {
+                Entry::Table(next) if level > 0 => {
+                    table = next;
+                    level -= 1;
+                }
+                entry => return (entry, start, start + size),
+            }
+        }
     }
 
     /// The mapped regions, in address order, adjacent identical pieces merged.

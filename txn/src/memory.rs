@@ -44,8 +44,12 @@ impl<'a, P: PageAllocator> TableMemory<'a, P> {
 
     /// Fills a table page that no walker can reach yet with `entry(i)` for each index.
     pub(crate) fn fill(&self, table: u64, mut entry: impl FnMut(usize) -> u64) {
+        let base = self.allocator.physical_to_pointer(table).cast::<u64>();
         for index in 0..ENTRIES_PER_TABLE {
-            self.write(table, index, entry(index));
+            // SAFETY: as in `slot`: `table` is a table page of this table, so `base` points
+            // to 512 writable, aligned entries; no walker reaches the page yet, but the store
+            // is atomic anyway so the page may be linked right after.
+            unsafe { AtomicU64::from_ptr(base.add(index)) }.store(entry(index), Ordering::Relaxed);
         }
     }
 }

@@ -103,8 +103,14 @@ impl Overlay {
     /// Folds op number `op` changing linear `start..end`. Fails with `NoMapping` if it
     /// unmaps or protects a range an earlier op of the transaction left unmapped.
     pub(crate) fn fold(&mut self, op: u32, start: u64, end: u64, change: Change) -> Result<(), PtError> {
-        if self.segments.is_empty() {
-            self.segments.push(fresh(op, start, start, end, change));
+        // Ops in address order (the common batch) only append: no search, no splice.
+        let after_all = self.segments.last().is_none_or(|last| last.end <= start);
+        if after_all {
+            let piece = fresh(op, start, start, end, change);
+            match self.segments.last_mut() {
+                Some(last) if last.continued_by(&piece) && last.check == piece.check => last.end = end,
+                _ => self.segments.push(piece),
+            }
             return Ok(());
         }
         let first = self.segments.partition_point(|s| s.end <= start);
