@@ -32,7 +32,7 @@ mod instructions;
 use core::fmt;
 
 use txpaging_txn::{
-    Geometry, MappedRegion, MemoryAttributes, PageAllocator, PtError, Regions, Retired, Tables, Transaction,
+    Geometry, MappedRegion, MemoryAttributes, Op, PageAllocator, PtError, Regions, Retired, Tables, Transaction,
 };
 
 pub use encoding::{tcr_el1, Aarch64Codec, MAIR_LAYOUT, PA_BITS, PA_RANGE_48};
@@ -272,9 +272,13 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
         size: u64,
         attributes: MemoryAttributes,
     ) -> Result<(), PtError> {
-        self.transaction()
-            .map_aliased(va, pa, size, attributes)
-            .commit()
+        self.tables
+            .commit_op(Op::Map {
+                va: va,
+                pa: pa,
+                size: size,
+                attributes: attributes,
+            })
             .map(drop)
             .map_err(PtError::from)
     }
@@ -287,9 +291,12 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
         size: u64,
         attributes: MemoryAttributes,
     ) -> Result<(), PtError> {
-        self.transaction()
-            .protect(address, size, attributes)
-            .commit()
+        self.tables
+            .commit_op(Op::Protect {
+                va: address,
+                size: size,
+                attributes: attributes,
+            })
             .map(drop)
             .map_err(PtError::from)
     }
@@ -352,17 +359,23 @@ static AARCH64_DUMP: DumpFormat = DumpFormat {
 
 impl<P: PageAllocator, M: Mmu> PageTable for Aarch64PageTable<P, M> {
     fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError> {
-        self.transaction()
-            .map(address, size, attributes)
-            .commit()
+        self.tables
+            .commit_op(Op::Map {
+                va: address,
+                pa: address,
+                size: size,
+                attributes: attributes,
+            })
             .map(drop)
             .map_err(PtError::from)
     }
 
     fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
-        self.transaction()
-            .unmap(address, size)
-            .commit()
+        self.tables
+            .commit_op(Op::Unmap {
+                va: address,
+                size: size,
+            })
             .map(drop)
             .map_err(PtError::from)
     }

@@ -116,6 +116,22 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         (self.root, self.allocator, self.tlb)
     }
 
+    /// Commits one op: what the familiar one-op calls do. Same result as a transaction of
+    /// that one op, without queueing it.
+    pub fn commit_op(
+        &mut self,
+        op: crate::transaction::Op,
+    ) -> Result<crate::transaction::CommitReport, crate::error::TxnError> {
+        if let Some(committed) = crate::fast::try_commit(self, &op) {
+            return Ok(committed.report);
+        }
+        let mut transaction = Transaction::new(self);
+        transaction.push(op);
+        let committed = transaction.commit_planned()?;
+        self.release(committed.retired);
+        Ok(committed.report)
+    }
+
     /// Starts a transaction on this table.
     pub fn transaction(&mut self) -> Transaction<'_, C, P, T> {
         Transaction::new(self)

@@ -278,6 +278,11 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
                 return Ok(committed);
             }
         }
+        self.commit_planned()
+    }
+
+    /// Commits the queued ops through the planner (no fast path).
+    pub(crate) fn commit_planned(&mut self) -> Result<Committed, TxnError> {
         let overlay = self.fold()?;
         let table = &*self.table;
         let mut walk = Walk::<C, P>::new(table.allocator(), table.geometry(), table.is_live(), table.pinned());
