@@ -197,10 +197,10 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
     ) -> Result<(), PtError> {
         self.tables
             .commit_op(Op::Map {
-                va: va,
-                pa: pa,
-                size: size,
-                attributes: attributes,
+                va,
+                pa,
+                size,
+                attributes,
             })
             .map(drop)
             .map_err(PtError::from)
@@ -217,8 +217,8 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
         self.tables
             .commit_op(Op::Protect {
                 va: address,
-                size: size,
-                attributes: attributes,
+                size,
+                attributes,
             })
             .map(drop)
             .map_err(PtError::from)
@@ -284,8 +284,8 @@ impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
             .commit_op(Op::Map {
                 va: address,
                 pa: address,
-                size: size,
-                attributes: attributes,
+                size,
+                attributes,
             })
             .map(drop)
             .map_err(PtError::from)
@@ -293,10 +293,7 @@ impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
 
     fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
         self.tables
-            .commit_op(Op::Unmap {
-                va: address,
-                size: size,
-            })
+            .commit_op(Op::Unmap { va: address, size })
             .map(drop)
             .map_err(PtError::from)
     }
