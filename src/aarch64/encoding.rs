@@ -247,6 +247,9 @@ impl Codec for Aarch64Codec {
     /// Commits on a live table issue DSB/ISB between their phases.
     const USES_BARRIERS: bool = true;
 
+    /// A table being built needs no TLBI: installing it ends with `TLBI VMALLE1IS`.
+    const NOT_LIVE_NEEDS_NO_INVALIDATION: bool = true;
+
     #[inline]
     fn decode(raw: u64, level: u8) -> Entry {
         let valid = raw & VALID != 0;

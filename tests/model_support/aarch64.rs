@@ -342,6 +342,11 @@ impl ModelTarget for Aarch64Target {
             .collect()
     }
 
+    fn must_invalidate(&self) -> bool {
+        // A table being built needs no TLBI: installing it ends with TLBI VMALLE1IS.
+        self.table.is_live()
+    }
+
     fn pool(&self) -> &PagePool {
         &self.table.allocator().pool
     }

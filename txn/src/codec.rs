@@ -42,6 +42,11 @@ pub trait Codec {
     /// Checks the attributes of a protect request (cache bits may be absent).
     fn check_protect_attributes(attributes: MemoryAttributes) -> Result<(), PtError>;
 
+    /// Whether a table that is not live (never installed) needs no TLB invalidation: the
+    /// install itself invalidates everything (AArch64: `TLBI VMALLE1IS`). Then commits on a
+    /// table being built issue none.
+    const NOT_LIVE_NEEDS_NO_INVALIDATION: bool = false;
+
     /// Whether commits issue [`Barrier`](crate::Barrier)s (AArch64: DSB/ISB) through the
     /// TLB interface. X64 needs none: its stores are ordered and INVLPG serializes.
     const USES_BARRIERS: bool = false;

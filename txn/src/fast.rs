@@ -67,7 +67,7 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
         _ => {}
     }
     // Pass 2: the stores, then one invalidation batch.
-    let mut flush = FlushBatch::new(C::PAGE_INVALIDATION_LIMIT);
+    let mut flush = FlushBatch::for_table::<C>(table.is_live());
     let mut written = 0;
     for index in first..first + count {
         let old = memory.read(last_level, index);

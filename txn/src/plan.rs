@@ -280,8 +280,8 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             memory: TableMemory::new(allocator),
             geometry,
             plan: Recorded {
-                flush: FlushBatch::new(C::PAGE_INVALIDATION_LIMIT),
-                break_flush: FlushBatch::new(C::PAGE_INVALIDATION_LIMIT),
+                flush: FlushBatch::for_table::<C>(live),
+                break_flush: FlushBatch::for_table::<C>(live),
                 phased: live && C::USES_BARRIERS,
                 ..Recorded::default()
             },

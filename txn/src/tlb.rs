@@ -40,6 +40,8 @@ pub struct FlushBatch {
     pages: u64,
     full: bool,
     limit: usize,
+    /// Records nothing (a table no TLB can hold).
+    ignore: bool,
 }
 
 impl FlushBatch {
@@ -50,13 +52,31 @@ impl FlushBatch {
             pages: 0,
             full: false,
             limit,
+            ignore: false,
+        }
+    }
+
+    /// The batch of a commit on a table no TLB can hold: it records nothing.
+    pub(crate) fn none() -> Self {
+        Self {
+            ignore: true,
+            ..Self::new(0)
+        }
+    }
+
+    /// The batch for a commit on a table whose codec is `C` and which is `live` or not.
+    pub(crate) fn for_table<C: crate::codec::Codec>(live: bool) -> Self {
+        if !live && C::NOT_LIVE_NEEDS_NO_INVALIDATION {
+            Self::none()
+        } else {
+            Self::new(C::PAGE_INVALIDATION_LIMIT)
         }
     }
 
     /// Records that the translations of `pages` pages from canonical `va` changed.
     /// A run starting at an address already recorded is not recorded again.
     pub fn record(&mut self, va: u64, pages: u64) {
-        if self.full || self.ranges.iter().any(|&(start, _)| start == va) {
+        if self.ignore || self.full || self.ranges.iter().any(|&(start, _)| start == va) {
             return;
         }
         if self.pages + pages > self.limit as u64 {
