@@ -29,7 +29,7 @@ use crate::memory::TableMemory;
 use crate::overlay::{Action, Overlay, Segment};
 use crate::tlb::FlushBatch;
 
-/// What the walk counted (dry run) or did (apply run).
+/// What a plan counts: the stores, new tables and freed tables of the commit it describes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     /// 64-bit entry stores, including the 512 of each new table.
