@@ -43,23 +43,25 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     // Pass 1: every page qualifies, and the table stays a table. The new entries of small
     // changes are kept for pass 2.
     let mut summary = Summary::new(0, geometry.leaf_allowed(1));
-    let mut kept: heapless::Vec<u64, 8> = heapless::Vec::new();
-    for index in first..first + count {
-        let (raw, slot) = new_entry::<C>(change, index - first, memory.read(last_level, index))?;
-        let _ = kept.push(raw);
+    let mut kept = [INVALID_ENTRY; KEPT_ENTRIES];
+    for page in 0..count {
+        let index = first + page;
+        let (raw, slot) = new_entry::<C>(change, page, memory.read(last_level, index))?;
+        if let Some(keep) = kept.get_mut(page) {
+            *keep = raw;
+        }
         summary.add(index, slot);
     }
-    let untouched = (first + count..ENTRIES_PER_TABLE).chain((0..first).rev());
-    for index in untouched {
-        if !summary.undecided() {
-            break;
-        }
-        let slot = match C::decode(memory.read(last_level, index), 0) {
-            Entry::Leaf { pa, attributes } => Slot::Leaf { pa, attributes },
-            Entry::Invalid => Slot::Invalid,
-            Entry::Table(_) => Slot::Table,
-        };
-        summary.add(index, slot);
+    // The untouched entries, nearest first, until the outcome is known.
+    let mut after = first + count;
+    while summary.undecided() && after < ENTRIES_PER_TABLE {
+        summary.add(after, slot_of::<C>(memory.read(last_level, after)));
+        after += 1;
+    }
+    let mut before = first;
+    while summary.undecided() && before > 0 {
+        before -= 1;
+        summary.add(before, slot_of::<C>(memory.read(last_level, before)));
     }
     match summary.outcome() {
         Outcome::Empty => return None,
@@ -69,17 +71,20 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     // Pass 2: the stores, then one invalidation batch.
     let mut flush = FlushBatch::for_table::<C>(table.is_live());
     let mut written = 0;
-    for index in first..first + count {
+    for page in 0..count {
+        let index = first + page;
         let old = memory.read(last_level, index);
-        let new = match kept.get(index - first) {
-            Some(&raw) if count <= kept.capacity() => raw,
-            _ => new_entry::<C>(change, index - first, old)?.0,
+        let new = if count <= KEPT_ENTRIES {
+            kept[page]
+        } else {
+            // Pass 1 accepted the same old entry, so this cannot fail.
+            new_entry::<C>(change, page, old).map_or(old, |(raw, _)| raw)
         };
         if new != old {
             memory.write(last_level, index, new);
             written += 1;
             if C::is_live(old) {
-                let va = start + (index - first) as u64 * PAGE_SIZE;
+                let va = start + page as u64 * PAGE_SIZE;
                 flush.record(geometry.to_canonical(va), C::invalidation_pages(0));
             }
         }
@@ -97,6 +102,19 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
         invalidations: flush,
         retired: Retired::default(),
     })
+}
+
+/// How many new entries pass 1 keeps for pass 2 (larger changes are encoded twice).
+const KEPT_ENTRIES: usize = 8;
+
+/// The summary slot of an entry of a last-level table.
+#[inline]
+fn slot_of<C: Codec>(raw: u64) -> Slot {
+    match C::decode(raw, 0) {
+        Entry::Leaf { pa, attributes } => Slot::Leaf { pa, attributes },
+        Entry::Invalid => Slot::Invalid,
+        Entry::Table(_) => Slot::Table,
+    }
 }
 
 /// The new raw entry and its slot for page number `page` of `change`, given the old raw

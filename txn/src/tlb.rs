@@ -129,7 +129,7 @@ impl FlushBatch {
     pub fn issue(&self, tlb: &impl Tlb) {
         if self.full {
             tlb.invalidate_all();
-        } else {
+        } else if !self.ranges.is_empty() {
             for va in self.pages() {
                 tlb.invalidate_page(va);
             }
