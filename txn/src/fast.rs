@@ -1,22 +1,49 @@
-//! The one-op fast path: a map, unmap or protect that stays inside one existing
-//! last-level table and changes no structure (no split, merge, new or freed table).
+//! The one-op fast path: a map, unmap or protect inside one 2 MiB-sized range (one
+//! last-level table's span) whose upper tables exist.
 //!
-//! It makes exactly the stores and invalidations the planner would plan for such an op,
-//! in the same order, but with one walk and no recorded plan. Anything else (bad input,
-//! a failed precondition, a structural change, a live table that needs break-before-make)
-//! returns `None` and goes through the planner, which also produces the error.
+//! It makes exactly the stores, allocations, frees and invalidations the planner would plan
+//! for such an op, in the same order, with one walk and no recorded plan. Four shapes are
+//! handled, by what the level-1 entry above the range holds:
+//! - a table, and the change leaves it a table: the stores into it;
+//! - a table that the change makes uniform and aligned: the stores, then the merge into
+//!   one level-1 leaf and the table freed (unless the merge would cascade further up);
+//! - nothing, and the op maps: a new table, complete before the store that links it;
+//! - a leaf that the op changes in part: the split (a new table holding the leaf's
+//!   translations, linked first), then the changed entries (SDM 4.10.2.3: no single store
+//!   changes a page's size and its translation).
+//!
+//! Anything else (bad input, a failed precondition, a table that becomes empty, a merge
+//! above level 1, missing upper tables, a live table that needs break-before-make) returns
+//! `None` and goes through the planner, which also produces the error.
 
 use crate::allocator::PageAllocator;
+use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
+use crate::error::TxnError;
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
 use crate::overlay::Change;
 use crate::plan::{Outcome, Slot, Summary};
-use crate::table::Tables;
+use crate::table::{allocate_table_page, Tables};
 use crate::tlb::{FlushBatch, Tlb};
 use crate::transaction::{check_op, CommitReport, Committed, Op, Retired};
 
-/// Commits `op` directly if it qualifies for the fast path.
+/// How many new entries pass 1 keeps for pass 2 (larger changes are encoded twice).
+const KEPT_ENTRIES: usize = 8;
+
+/// The pages of the op inside its last-level table's span.
+#[derive(Clone, Copy)]
+struct Span {
+    /// Linear address of the first page.
+    start: u64,
+    /// Index of the first page in the last-level table.
+    first: usize,
+    /// Number of pages.
+    count: usize,
+}
+
+/// Commits `op` directly if it changes entries of one existing last-level table and that
+/// table stays a table; `None` if not (nothing was touched).
 pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     table: &mut Tables<C, P, T>,
     op: &Op,
@@ -44,25 +71,17 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     // changes are kept for pass 2.
     let mut summary = Summary::new(0, geometry.leaf_allowed(1));
     let mut kept = [INVALID_ENTRY; KEPT_ENTRIES];
+    let mut edges = Edges::default();
     for page in 0..count {
         let index = first + page;
         let (raw, slot) = new_entry::<C>(change, page, memory.read(last_level, index))?;
         if let Some(keep) = kept.get_mut(page) {
             *keep = raw;
         }
+        edges.note(page, raw, slot);
         summary.add(index, slot);
     }
-    // The untouched entries, nearest first, until the outcome is known.
-    let mut after = first + count;
-    while summary.undecided() && after < ENTRIES_PER_TABLE {
-        summary.add(after, slot_of::<C>(memory.read(last_level, after)));
-        after += 1;
-    }
-    let mut before = first;
-    while summary.undecided() && before > 0 {
-        before -= 1;
-        summary.add(before, slot_of::<C>(memory.read(last_level, before)));
-    }
+    fold_untouched_pages::<C, P>(&memory, last_level, first, first + count, edges, &mut summary);
     match summary.outcome() {
         Outcome::Empty => return None,
         Outcome::Uniform { pa, .. } if geometry.leaf_allowed(1) && pa % table_span == 0 => return None,
@@ -74,11 +93,10 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     for page in 0..count {
         let index = first + page;
         let old = memory.read(last_level, index);
-        let new = if count <= KEPT_ENTRIES {
-            kept[page]
-        } else {
+        let new = match kept.get(page) {
+            Some(&raw) if count <= KEPT_ENTRIES => raw,
             // Pass 1 accepted the same old entry, so this cannot fail.
-            new_entry::<C>(change, page, old).map_or(old, |(raw, _)| raw)
+            _ => new_entry::<C>(change, page, old).map_or(old, |(raw, _)| raw),
         };
         if new != old {
             memory.write(last_level, index, new);
@@ -104,13 +122,345 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     })
 }
 
-/// How many new entries pass 1 keeps for pass 2 (larger changes are encoded twice).
-const KEPT_ENTRIES: usize = 8;
+/// The one-op changes that alter structure inside one last-level table's span, tried when
+/// [`try_commit`] declines: a merge of the last-level table into a level-1 leaf, a new
+/// last-level table, or the split of a level-1 leaf. Same contract as [`try_commit`]. Kept
+/// apart so the common case stays one tight function (splitting it cost a third more time
+/// per call in the one-op benchmark at the same instruction count).
+pub(crate) fn try_structural<C: Codec, P: PageAllocator, T: Tlb>(
+    table: &mut Tables<C, P, T>,
+    op: &Op,
+) -> Option<Result<Committed, TxnError>> {
+    if C::USES_BARRIERS && table.is_live() {
+        return None;
+    }
+    let geometry = table.geometry();
+    let (start, end, change) = check_op::<C>(&geometry, op).ok()?;
+    let table_span = Geometry::entry_size(1);
+    if start / table_span != (end - 1) / table_span || end - start == table_span {
+        return None;
+    }
+    let span = Span {
+        start,
+        first: Geometry::index(start, 0),
+        count: ((end - start) / PAGE_SIZE) as usize,
+    };
+    let memory = TableMemory::new(table.allocator());
+    let mut level1 = table.root();
+    for level in (2..=geometry.top_level()).rev() {
+        match C::decode(memory.read(level1, Geometry::index(start, level)), level) {
+            Entry::Table(next) => level1 = next,
+            _ => return None,
+        }
+    }
+    match (C::decode(memory.read(level1, Geometry::index(start, 1)), 1), change) {
+        (Entry::Table(last_level), _) => merge(table, span, change, level1, last_level).map(Ok),
+        (Entry::Invalid, Change::Map { pa, attributes }) => Some(new_last_level(table, span, pa, attributes, level1)),
+        (Entry::Leaf { pa, attributes }, _) => split_leaf(table, span, change, level1, pa, attributes),
+        _ => None,
+    }
+}
 
-/// The summary slot of an entry of a last-level table.
+/// The op makes the last-level table `last_level` uniform and aligned: its stores, then a
+/// leaf replaces the table pointer in `level1` and the table is freed. `None` (nothing
+/// touched) if the op fails, the table does not become uniform, or the level-1 table would
+/// become uniform too (the planner merges further up).
+fn merge<C: Codec, P: PageAllocator, T: Tlb>(
+    table: &Tables<C, P, T>,
+    span: Span,
+    change: Change,
+    level1: u64,
+    last_level: u64,
+) -> Option<Committed> {
+    let geometry = table.geometry();
+    if !geometry.leaf_allowed(1) {
+        return None;
+    }
+    let memory = TableMemory::new(table.allocator());
+    let Span { start, first, count } = span;
+    let mut summary = Summary::new(0, true);
+    let mut edges = Edges::default();
+    for page in 0..count {
+        let index = first + page;
+        let (raw, slot) = new_entry::<C>(change, page, memory.read(last_level, index))?;
+        edges.note(page, raw, slot);
+        summary.add(index, slot);
+    }
+    fold_untouched_pages::<C, P>(&memory, last_level, first, first + count, edges, &mut summary);
+    let Outcome::Uniform { pa, attributes } = summary.outcome() else {
+        return None;
+    };
+    if pa % Geometry::entry_size(1) != 0 {
+        return None;
+    }
+    let leaf = C::encode_leaf(pa, attributes, 1);
+    let index1 = Geometry::index(start, 1);
+    let mut above = Summary::new(1, geometry.leaf_allowed(2));
+    above.add(index1, Slot::Leaf { pa, attributes });
+    fold_untouched::<C, P>(&memory, level1, 1, index1, index1 + 1, &mut above);
+    if let Outcome::Uniform { pa, .. } = above.outcome() {
+        if geometry.leaf_allowed(2) && pa % Geometry::entry_size(2) == 0 {
+            return None;
+        }
+    }
+    // Like the planner on a table without break-before-make phases, the stores into the
+    // table about to be freed are made too, with their invalidations: the merge's own
+    // invalidation covers the whole range only where one invalidation covers a large page.
+    let mut flush = FlushBatch::for_table::<C>(table.is_live());
+    let mut written = 0;
+    for page in 0..count {
+        let index = first + page;
+        let old = memory.read(last_level, index);
+        // The summary above accepted the same old entry, so this cannot fail.
+        let new = new_entry::<C>(change, page, old).map_or(old, |(raw, _)| raw);
+        if new != old {
+            memory.write(last_level, index, new);
+            written += 1;
+            if C::is_live(old) {
+                let va = start + page as u64 * PAGE_SIZE;
+                flush.record(geometry.to_canonical(va), C::invalidation_pages(0));
+            }
+        }
+    }
+    // Dropping the table pointer also drops paging-structure caches (SDM 4.10.4.1).
+    let old = memory.read(level1, index1);
+    memory.write(level1, index1, leaf);
+    written += 1;
+    if C::is_live(old) {
+        let va = start & !(Geometry::entry_size(1) - 1);
+        flush.record(geometry.to_canonical(va), C::invalidation_pages(1));
+    }
+    flush.issue(table.tlb());
+    let mut retired = Retired::default();
+    retired.pages.push(last_level);
+    Some(committed(
+        CommitReport {
+            entries_written: written,
+            tables_freed: 1,
+            ..CommitReport::default()
+        },
+        flush,
+        retired,
+    ))
+}
+
+/// A map under an invalid level-1 entry: a new last-level table holding the op's pages,
+/// complete before the store that links it (no invalidation: nothing was mapped).
+fn new_last_level<C: Codec, P: PageAllocator, T: Tlb>(
+    table: &mut Tables<C, P, T>,
+    span: Span,
+    pa: u64,
+    attributes: MemoryAttributes,
+    level1: u64,
+) -> Result<Committed, TxnError> {
+    let page = allocate_table_page(table.allocator_mut()).map_err(TxnError::whole)?;
+    let memory = TableMemory::new(table.allocator());
+    let Span { start, first, count } = span;
+    memory.fill(page, |index| {
+        if (first..first + count).contains(&index) {
+            C::encode_leaf(pa + (index - first) as u64 * PAGE_SIZE, attributes, 0)
+        } else {
+            INVALID_ENTRY
+        }
+    });
+    memory.write(level1, Geometry::index(start, 1), C::encode_table(page, 1));
+    Ok(committed(
+        CommitReport {
+            entries_written: ENTRIES_PER_TABLE + count + 1,
+            tables_allocated: 1,
+            ..CommitReport::default()
+        },
+        FlushBatch::for_table::<C>(table.is_live()),
+        Retired::default(),
+    ))
+}
+
+/// An op changing part of the level-1 leaf mapping `leaf_pa` with `leaf_attributes`:
+/// a new table holding the same translations is linked first, then its changed entries are
+/// stored and invalidated. `None` if the op changes nothing (the planner then splits nothing).
+fn split_leaf<C: Codec, P: PageAllocator, T: Tlb>(
+    table: &mut Tables<C, P, T>,
+    span: Span,
+    change: Change,
+    level1: u64,
+    leaf_pa: u64,
+    leaf_attributes: MemoryAttributes,
+) -> Option<Result<Committed, TxnError>> {
+    let Span { start, first, count } = span;
+    let split_entry = |index: usize| C::encode_leaf(leaf_pa + index as u64 * PAGE_SIZE, leaf_attributes, 0);
+    let changes = |page: usize| {
+        let old = split_entry(first + page);
+        let new = new_entry::<C>(change, page, old).map_or(old, |(raw, _)| raw);
+        (old, new)
+    };
+    if (0..count).all(|page| {
+        let (old, new) = changes(page);
+        old == new
+    }) {
+        return None;
+    }
+    let page_pa = match allocate_table_page(table.allocator_mut()) {
+        Ok(page_pa) => page_pa,
+        Err(error) => return Some(Err(TxnError::whole(error))),
+    };
+    let geometry = table.geometry();
+    let memory = TableMemory::new(table.allocator());
+    memory.fill(page_pa, split_entry);
+    // Linking a table with the leaf's translations changes no address: no invalidation.
+    memory.write(level1, Geometry::index(start, 1), C::encode_table(page_pa, 1));
+    let mut flush = FlushBatch::for_table::<C>(table.is_live());
+    let mut written = 0;
+    for page in 0..count {
+        let (old, new) = changes(page);
+        if new != old {
+            memory.write(page_pa, first + page, new);
+            written += 1;
+            if C::is_live(old) {
+                let va = start + page as u64 * PAGE_SIZE;
+                flush.record(geometry.to_canonical(va), C::invalidation_pages(0));
+            }
+        }
+    }
+    flush.issue(table.tlb());
+    Some(Ok(committed(
+        CommitReport {
+            entries_written: ENTRIES_PER_TABLE + written + 1,
+            tables_allocated: 1,
+            ..CommitReport::default()
+        },
+        flush,
+        Retired::default(),
+    )))
+}
+
+/// Completes `report` with the invalidation counts of `flush`.
+fn committed(mut report: CommitReport, flush: FlushBatch, retired: Retired) -> Committed {
+    report.pages_invalidated = flush.page_count();
+    report.full_flushes = usize::from(flush.is_full());
+    report.invalidation_batches = usize::from(!flush.is_empty());
+    Committed {
+        report,
+        invalidations: flush,
+        retired,
+    }
+}
+
+/// Folds the entries of `table` (of `level`) outside `changed` into `summary`, nearest
+/// first (a mismatch usually sits right beside the change), until the outcome is known.
+fn fold_untouched<C: Codec, P: PageAllocator>(
+    memory: &TableMemory<'_, P>,
+    table: u64,
+    level: u8,
+    changed_start: usize,
+    changed_end: usize,
+    summary: &mut Summary,
+) {
+    let mut after = changed_end;
+    while summary.undecided() && after < ENTRIES_PER_TABLE {
+        summary.add(after, slot_of::<C>(memory.read(table, after), level));
+        after += 1;
+    }
+    let mut before = changed_start;
+    while summary.undecided() && before > 0 {
+        before -= 1;
+        summary.add(before, slot_of::<C>(memory.read(table, before), level));
+    }
+}
+
+/// The new first and last entries of a change, beside which the untouched entries start.
+#[derive(Clone, Copy)]
+struct Edges {
+    low: (u64, Slot),
+    high: (u64, Slot),
+}
+
+impl Default for Edges {
+    fn default() -> Self {
+        Self {
+            low: (INVALID_ENTRY, Slot::Invalid),
+            high: (INVALID_ENTRY, Slot::Invalid),
+        }
+    }
+}
+
+impl Edges {
+    /// Notes page number `page` of the change: its new raw entry and slot.
+    #[inline(always)]
+    fn note(&mut self, page: usize, raw: u64, slot: Slot) {
+        if page == 0 {
+            self.low = (raw, slot);
+        }
+        self.high = (raw, slot);
+    }
+}
+
+/// Folds the untouched entries of the last-level table `table` (the change covers
+/// `changed_start..changed_end`, whose new edge entries are `edges`) into `summary`, nearest
+/// first, until the outcome is known.
+///
+/// While the summary is undecided after a leaf, it is uniform; an entry whose raw value is
+/// its folded neighbour's plus (or minus) one page, within the same 2 MiB frame, is that leaf
+/// continued and cannot change it, so it is skipped without decoding. The frame bound keeps
+/// the arithmetic inside address bits 12..=20 on every architecture, so the raw values
+/// compare exactly as the decoded leaves would. This is what makes finding a merge cheap.
+#[inline(always)]
+fn fold_untouched_pages<C: Codec, P: PageAllocator>(
+    memory: &TableMemory<'_, P>,
+    table: u64,
+    changed_start: usize,
+    changed_end: usize,
+    edges: Edges,
+    summary: &mut Summary,
+) {
+    const FRAME: u64 = PAGE_SIZE * ENTRIES_PER_TABLE as u64;
+    let (mut neighbour_raw, mut neighbour) = edges.high;
+    let mut after = changed_end;
+    while summary.undecided() && after < ENTRIES_PER_TABLE {
+        let raw = memory.read(table, after);
+        neighbour = match neighbour {
+            Slot::Leaf { pa, attributes }
+                if raw == neighbour_raw.wrapping_add(PAGE_SIZE) && pa % FRAME != FRAME - PAGE_SIZE =>
+            {
+                Slot::Leaf {
+                    pa: pa + PAGE_SIZE,
+                    attributes,
+                }
+            }
+            _ => {
+                let slot = slot_of::<C>(raw, 0);
+                summary.add(after, slot);
+                slot
+            }
+        };
+        neighbour_raw = raw;
+        after += 1;
+    }
+    let (mut neighbour_raw, mut neighbour) = edges.low;
+    let mut before = changed_start;
+    while summary.undecided() && before > 0 {
+        before -= 1;
+        let raw = memory.read(table, before);
+        neighbour = match neighbour {
+            Slot::Leaf { pa, attributes } if raw == neighbour_raw.wrapping_sub(PAGE_SIZE) && pa % FRAME != 0 => {
+                Slot::Leaf {
+                    pa: pa - PAGE_SIZE,
+                    attributes,
+                }
+            }
+            _ => {
+                let slot = slot_of::<C>(raw, 0);
+                summary.add(before, slot);
+                slot
+            }
+        };
+        neighbour_raw = raw;
+    }
+}
+
+/// The summary slot of an entry of a table at `level`.
 #[inline]
-fn slot_of<C: Codec>(raw: u64) -> Slot {
-    match C::decode(raw, 0) {
+fn slot_of<C: Codec>(raw: u64, level: u8) -> Slot {
+    match C::decode(raw, level) {
         Entry::Leaf { pa, attributes } => Slot::Leaf { pa, attributes },
         Entry::Invalid => Slot::Invalid,
         Entry::Table(_) => Slot::Table,

@@ -125,9 +125,14 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         if let Some(committed) = crate::fast::try_commit(self, &op) {
             return Ok(committed.report);
         }
-        let mut transaction = Transaction::new(self);
-        transaction.push(op);
-        let committed = transaction.commit_planned()?;
+        let committed = match crate::fast::try_structural(self, &op) {
+            Some(result) => result?,
+            None => {
+                let mut transaction = Transaction::new(self);
+                transaction.push(op);
+                transaction.commit_planned()?
+            }
+        };
         self.release(committed.retired);
         Ok(committed.report)
     }

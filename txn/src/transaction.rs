@@ -277,6 +277,9 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
             if let Some(committed) = crate::fast::try_commit(self.table, &op) {
                 return Ok(committed);
             }
+            if let Some(result) = crate::fast::try_structural(self.table, &op) {
+                return result;
+            }
         }
         self.commit_planned()
     }
