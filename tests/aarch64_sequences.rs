@@ -3,9 +3,9 @@
 //! the real `Aarch64PageTable<PagePool, RecordingMmu>`:
 //!
 //! - a change that needs a break (split, merge, memory type): `DSB ISHST`, the TLBIs of the
-//!   broken entries (every 4 KiB page of the entry's range, up to 512, else one
-//!   `TLBI VMALLE1IS`), `DSB ISH`, then the makes: `DSB ISHST`, the TLBIs of entries
-//!   changed in place, `DSB ISH`, `ISB`;
+//!   broken entries (one per page or block descriptor, whatever its size; every 4 KiB page
+//!   of a table descriptor's range, up to 512, else one `TLBI VMALLE1IS`), `DSB ISH`, then
+//!   the makes: `DSB ISHST`, the TLBIs of entries changed in place, `DSB ISH`, `ISB`;
 //! - a permission change: no break, one batch;
 //! - invalid -> valid: no TLBI at all, only the barriers;
 //! - pinned ranges: a commit that would break them fails before any store or MMU op;
@@ -204,8 +204,8 @@ fn counts(report: &CommitReport) -> (usize, usize, usize, usize) {
     )
 }
 
-/// (a) Splitting a live 2 MiB block breaks it: 512 TLBIs by VA (the limit is 512, so not a
-/// full invalidation), then the complete L3 table is linked. The changed page was written
+/// (a) Splitting a live 2 MiB block breaks it: one TLBI by VA (any address of a block drops
+/// the block's TLB entry), then the complete L3 table is linked. The changed page was written
 /// into the new table before the link, so the make batch is empty.
 #[test]
 fn a_live_split_breaks_the_block_then_links_the_complete_table() {
@@ -217,10 +217,10 @@ fn a_live_split_breaks_the_block_then_links_the_complete_table() {
         });
         assert_log(
             &log,
-            &phased(Some(pages(BLOCK, 512).collect()), vec![]),
+            &phased(Some(pages(BLOCK, 1).collect()), vec![]),
             format_args!("{paging:?}"),
         );
-        assert_eq!(counts(&report), (1, 1, 512, 0));
+        assert_eq!(counts(&report), (1, 1, 1, 0));
         assert_eq!((report.tables_allocated, report.tables_freed), (1, 0));
         assert_eq!(t.query_memory_region(BLOCK + KIB4, KIB4), Ok(WB | MA::ReadOnly));
         assert_eq!(t.query_memory_region(BLOCK, KIB4), Ok(WB));
@@ -234,11 +234,7 @@ fn a_live_split_breaks_the_block_then_links_the_complete_table() {
 fn a_live_split_through_the_one_op_api() {
     let mut t = live_table(PagingType::Paging4Level, with_block);
     t.protect_memory_region(BLOCK + KIB4, KIB4, MA::ReadOnly).unwrap();
-    assert_log(
-        &t.mmu().take_log(),
-        &phased(Some(pages(BLOCK, 512).collect()), vec![]),
-        "",
-    );
+    assert_log(&t.mmu().take_log(), &phased(Some(pages(BLOCK, 1).collect()), vec![]), "");
     t.protect_memory_region(BLOCK + KIB4, KIB4, MA::Uncached).unwrap();
     let page = MmuOp::InvalidatePage(BLOCK + KIB4);
     assert_log(&t.mmu().take_log(), &phased(Some(vec![page]), vec![]), "");
@@ -332,8 +328,7 @@ fn live_merge_by_memory_type_change_breaks_only_the_table_descriptor() {
     check_exact_live_merge(MA::Uncached, WB);
 }
 
-/// Splitting a live 1 GiB block: its range is above the 512-page limit, so the break batch
-/// is one full invalidation.
+/// Splitting a live 1 GiB block: one TLBI by VA, like a 2 MiB block.
 #[test]
 fn a_live_split_of_a_1gib_block_breaks_with_a_full_invalidation() {
     for paging in PAGINGS {
@@ -343,10 +338,10 @@ fn a_live_split_of_a_1gib_block_breaks_with_a_full_invalidation() {
         });
         assert_log(
             &log,
-            &phased(Some(vec![MmuOp::InvalidateAll]), vec![]),
+            &phased(Some(vec![MmuOp::InvalidatePage(GIB)]), vec![]),
             format_args!("{paging:?}"),
         );
-        assert_eq!(counts(&report), (1, 1, 0, 1));
+        assert_eq!(counts(&report), (1, 1, 1, 0));
         assert_eq!(report.tables_allocated, 1, "one L2 table of 2 MiB blocks");
         assert_eq!(t.query_memory_region(GIB + 3 * MIB2, MIB2), Ok(WB | MA::ExecuteProtect));
         assert_eq!(t.query_memory_region(GIB, 3 * MIB2), Ok(WB));
@@ -413,16 +408,15 @@ fn c_a_permission_change_is_made_in_place() {
     }
 }
 
-/// A permission change of a whole 2 MiB block: in place, and the block's range is
-/// invalidated page by page (the engine asks by level only).
+/// A permission change of a whole 2 MiB block: in place, and one TLBI for the block.
 #[test]
 fn c_a_permission_change_of_a_block_is_made_in_place() {
     let mut t = live_table(PagingType::Paging4Level, with_block);
     let (report, log) = commit(&mut t, |x| {
         x.protect(BLOCK, MIB2, MA::ExecuteProtect);
     });
-    assert_log(&log, &phased(None, pages(BLOCK, 512).collect()), "");
-    assert_eq!(counts(&report), (0, 1, 512, 0));
+    assert_log(&log, &phased(None, pages(BLOCK, 1).collect()), "");
+    assert_eq!(counts(&report), (0, 1, 1, 0));
     assert_eq!(t.query_memory_region(BLOCK, MIB2), Ok(WB | MA::ExecuteProtect));
 }
 
@@ -532,10 +526,10 @@ fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes() {
         });
         assert_log(
             &log,
-            &phased(None, pages(BLOCK, 512).collect()),
+            &phased(None, pages(BLOCK, 1).collect()),
             format_args!("{paging:?}"),
         );
-        assert_eq!(counts(&report), (0, 1, 512, 0));
+        assert_eq!(counts(&report), (0, 1, 1, 0));
         let (report, log) = commit(&mut t, |x| {
             x.protect(BLOCK + 2 * MIB2, KIB4, MA::ExecuteProtect);
         });
@@ -546,8 +540,8 @@ fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes() {
         let (report, log) = commit(&mut t, |x| {
             x.protect(next + KIB4, KIB4, MA::ReadOnly);
         });
-        assert_log(&log, &phased(Some(pages(next, 512).collect()), vec![]), "");
-        assert_eq!(counts(&report), (1, 1, 512, 0));
+        assert_log(&log, &phased(Some(pages(next, 1).collect()), vec![]), "");
+        assert_eq!(counts(&report), (1, 1, 1, 0));
         // Unpinned, the split goes through.
         t.unpin_all();
         let (report, _) = commit(&mut t, |x| {

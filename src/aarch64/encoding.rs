@@ -337,13 +337,18 @@ impl Codec for Aarch64Codec {
         check_attributes(attributes, 0)
     }
 
-    /// Every page of the entry's range: a broken table descriptor may have left a TLB entry
-    /// for each page below it, and `TLBI VAE1IS` only drops the entries of the address it
-    /// names. (For a block leaf one TLBI would do, as Linux's `flush_pmd_tlb_range` relies
-    /// on, but the engine asks by level only, so this errs on the safe side.)
+    /// One for a page or block descriptor: `TLBI VAE1IS` invalidates every cached entry
+    /// that would be used to translate the address it names (Arm ARM, TLBI VAE1IS
+    /// description), and that includes the entry of a block holding it, whatever the block
+    /// size; Linux's `flush_pmd_tlb_range` relies on one TLBI per block too. Every page of
+    /// the range for a table descriptor: the TLB may hold an entry for each page below it,
+    /// and a by-VA TLBI only drops those of the address it names.
     #[inline]
-    fn invalidation_pages(level: u8) -> u64 {
-        Geometry::entry_size(level) / PAGE_SIZE
+    fn invalidation_pages(old: u64, level: u8) -> u64 {
+        match Self::decode(old, level) {
+            Entry::Table(_) => Geometry::entry_size(level) / PAGE_SIZE,
+            Entry::Leaf { .. } | Entry::Invalid => 1,
+        }
     }
 
     /// Arm ARM D8.14.1 ("Using break-before-make when updating translation table entries"),

@@ -51,10 +51,11 @@ pub trait Codec {
     /// TLB interface. X64 needs none: its stores are ordered and INVLPG serializes.
     const USES_BARRIERS: bool = false;
 
-    /// How many 4 KiB pages a change of one live entry at `level` invalidates one by one.
-    /// X64: 1, since one INVLPG covers a page of any size (SDM 4.10.4.1).
-    fn invalidation_pages(level: u8) -> u64 {
-        let _ = level;
+    /// How many 4 KiB pages, from the start of its range, a change of the live entry `old`
+    /// at `level` invalidates one by one. X64: 1, since one INVLPG covers a page of any size
+    /// and the paging-structure caches for it (SDM 4.10.4.1).
+    fn invalidation_pages(old: u64, level: u8) -> u64 {
+        let _ = (old, level);
         1
     }
 

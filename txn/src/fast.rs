@@ -103,7 +103,7 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
             written += 1;
             if C::is_live(old) {
                 let va = start + page as u64 * PAGE_SIZE;
-                flush.record(geometry.to_canonical(va), C::invalidation_pages(0));
+                flush.record(geometry.to_canonical(va), C::invalidation_pages(old, 0));
             }
         }
     }
@@ -218,7 +218,7 @@ fn merge<C: Codec, P: PageAllocator, T: Tlb>(
             written += 1;
             if C::is_live(old) {
                 let va = start + page as u64 * PAGE_SIZE;
-                flush.record(geometry.to_canonical(va), C::invalidation_pages(0));
+                flush.record(geometry.to_canonical(va), C::invalidation_pages(old, 0));
             }
         }
     }
@@ -228,7 +228,7 @@ fn merge<C: Codec, P: PageAllocator, T: Tlb>(
     written += 1;
     if C::is_live(old) {
         let va = start & !(Geometry::entry_size(1) - 1);
-        flush.record(geometry.to_canonical(va), C::invalidation_pages(1));
+        flush.record(geometry.to_canonical(va), C::invalidation_pages(old, 1));
     }
     flush.issue(table.tlb());
     let mut retired = Retired::default();
@@ -317,7 +317,7 @@ fn split_leaf<C: Codec, P: PageAllocator, T: Tlb>(
             written += 1;
             if C::is_live(old) {
                 let va = start + page as u64 * PAGE_SIZE;
-                flush.record(geometry.to_canonical(va), C::invalidation_pages(0));
+                flush.record(geometry.to_canonical(va), C::invalidation_pages(old, 0));
             }
         }
     }

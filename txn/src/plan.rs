@@ -316,10 +316,10 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         }
     }
 
-    fn record_invalidation(&mut self, linear_va: u64, level: u8) {
+    fn record_invalidation(&mut self, linear_va: u64, old: u64, level: u8) {
         self.plan
             .flush
-            .record(self.geometry.to_canonical(linear_va), C::invalidation_pages(level));
+            .record(self.geometry.to_canonical(linear_va), C::invalidation_pages(old, level));
     }
 
     /// Whether storing `new` over the live `old` at `at` needs break-before-make.
@@ -377,12 +377,12 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             {
                 self.fail(u32::MAX, PtError::PinnedRangeBreak);
             }
-            self.plan.break_flush.record(va, C::invalidation_pages(at.level));
+            self.plan.break_flush.record(va, C::invalidation_pages(old, at.level));
             return true;
         }
         let unreachable = self.plan.phased && matches!(at.table, TableRef::New(_));
         if C::is_live(old) && new != old && !keeps_translations && !unreachable {
-            self.plan.flush.record(va, C::invalidation_pages(at.level));
+            self.plan.flush.record(va, C::invalidation_pages(old, at.level));
         }
         false
     }
@@ -728,7 +728,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                         _ => false,
                     };
                     if record && C::is_live(raw) && !same {
-                        self.record_invalidation(entry_va, level);
+                        self.record_invalidation(entry_va, raw, level);
                     }
                 }
                 Entry::Table(child) => self.discard(child, level - 1, entry_va, new, checked, record),

@@ -76,7 +76,7 @@ impl Codec for Toy {
         Ok(())
     }
 
-    fn invalidation_pages(level: u8) -> u64 {
+    fn invalidation_pages(_old: u64, level: u8) -> u64 {
         Geometry::entry_size(level) / 4096
     }
 
