@@ -234,7 +234,11 @@ fn a_live_split_breaks_the_block_then_links_the_complete_table() {
 fn a_live_split_through_the_one_op_api() {
     let mut t = live_table(PagingType::Paging4Level, with_block);
     t.protect_memory_region(BLOCK + KIB4, KIB4, MA::ReadOnly).unwrap();
-    assert_log(&t.mmu().take_log(), &phased(Some(pages(BLOCK, 1).collect()), vec![]), "");
+    assert_log(
+        &t.mmu().take_log(),
+        &phased(Some(pages(BLOCK, 1).collect()), vec![]),
+        "",
+    );
     t.protect_memory_region(BLOCK + KIB4, KIB4, MA::Uncached).unwrap();
     let page = MmuOp::InvalidatePage(BLOCK + KIB4);
     assert_log(&t.mmu().take_log(), &phased(Some(vec![page]), vec![]), "");
