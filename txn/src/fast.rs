@@ -1,20 +1,21 @@
 //! The one-op fast path: a map, unmap or protect inside one 2 MiB-sized range (one
 //! last-level table's span) whose upper tables exist.
 //!
-//! It makes exactly the stores, allocations, frees and invalidations the planner would plan
-//! for such an op, in the same order, with one walk and no recorded plan. Four shapes are
-//! handled, by what the level-1 entry above the range holds:
-//! - a table, and the change leaves it a table: the stores into it;
-//! - a table that the change makes uniform and aligned: the stores, then the merge into
-//!   one level-1 leaf and the table freed (unless the merge would cascade further up);
-//! - nothing, and the op maps: a new table, complete before the store that links it;
-//! - a leaf that the op changes in part: the split (a new table holding the leaf's
-//!   translations, linked first), then the changed entries (SDM 4.10.2.3: no single store
-//!   changes a page's size and its translation).
+//! It makes exactly the stores, allocations, frees, invalidations and barriers the planner
+//! would make for such an op, in the same order, with one walk and no recorded plan:
+//! - [`try_commit`], the common case: the last-level table exists and stays a table (on a
+//!   live AArch64 table: and no entry needs a break);
+//! - [`try_structural`], when that declines, on a table without break-before-make phases:
+//!   the last-level table becomes uniform and aligned (its stores, then the merge into one
+//!   level-1 leaf and the table freed, unless the merge would cascade further up); the
+//!   level-1 entry is invalid and the op maps (a new table, complete before the store that
+//!   links it); or the level-1 entry is a leaf the op changes in part (the split: a new table
+//!   holding the leaf's translations, linked first, then the changed entries, SDM 4.10.2.3:
+//!   no single store changes a page's size and its translation).
 //!
 //! Anything else (bad input, a failed precondition, a table that becomes empty, a merge
-//! above level 1, missing upper tables, a live table that needs break-before-make) returns
-//! `None` and goes through the planner, which also produces the error.
+//! above level 1, missing upper tables, a break on a live table) returns `None` and goes
+//! through the planner, which also produces the error.
 
 use crate::allocator::PageAllocator;
 use crate::attributes::MemoryAttributes;
@@ -25,7 +26,7 @@ use crate::memory::TableMemory;
 use crate::overlay::Change;
 use crate::plan::{Outcome, Slot, Summary};
 use crate::table::{allocate_table_page, Tables};
-use crate::tlb::{FlushBatch, Tlb};
+use crate::tlb::{Barrier, FlushBatch, Tlb};
 use crate::transaction::{check_op, CommitReport, Committed, Op, Retired};
 
 /// How many new entries pass 1 keeps for pass 2 (larger changes are encoded twice).
@@ -44,13 +45,15 @@ struct Span {
 
 /// Commits `op` directly if it changes entries of one existing last-level table and that
 /// table stays a table; `None` if not (nothing was touched).
+///
+/// On a live table of an architecture with break-before-make rules, only changes made in
+/// place qualify (no store needs a break); the stores are then followed by the planner's
+/// barriers: `Stores`, the invalidation batch, `Invalidations`, `Instructions`.
 pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     table: &mut Tables<C, P, T>,
     op: &Op,
 ) -> Option<Committed> {
-    if C::USES_BARRIERS && table.is_live() {
-        return None;
-    }
+    let phased = C::USES_BARRIERS && table.is_live();
     let geometry = table.geometry();
     let (start, end, change) = check_op::<C>(&geometry, op).ok()?;
     let table_span = Geometry::entry_size(1);
@@ -74,7 +77,12 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     let mut edges = Edges::default();
     for page in 0..count {
         let index = first + page;
-        let (raw, slot) = new_entry::<C>(change, page, memory.read(last_level, index))?;
+        let old = memory.read(last_level, index);
+        let (raw, slot) = new_entry::<C>(change, page, old)?;
+        // Arm ARM D8.14.1: a change needing a break goes through the planner's phases.
+        if phased && C::is_live(old) && C::needs_break(old, raw, 0) {
+            return None;
+        }
         if let Some(keep) = kept.get_mut(page) {
             *keep = raw;
         }
@@ -107,7 +115,14 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
             }
         }
     }
+    if phased {
+        table.tlb().barrier(Barrier::Stores);
+    }
     flush.issue(table.tlb());
+    if phased {
+        table.tlb().barrier(Barrier::Invalidations);
+        table.tlb().barrier(Barrier::Instructions);
+    }
     let report = CommitReport {
         entries_written: written,
         pages_invalidated: flush.page_count(),
