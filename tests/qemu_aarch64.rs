@@ -244,7 +244,11 @@ fn firmware_map_identity_and_folded() {
         for (three_level, one_gib) in [(false, true), (false, false)] {
             let mut b = Build::new(three_level, one_gib);
             for batch in firmware_batches() {
-                let batch = if folded { fold_ops(&batch, WINDOW) } else { batch };
+                let batch = if folded {
+                    fold_ops(&batch, b.shape, WINDOW)
+                } else {
+                    batch
+                };
                 if batch.len() == 1 {
                     b.one(batch[0]);
                 } else {
@@ -473,7 +477,7 @@ fn random_layouts(config: (bool, bool), test: &'static str) {
         let mut b = Build::new(three_level, one_gib_blocks);
         for checkpoint in 0..3 {
             for _ in 0..20 {
-                let ops = fold_ops(&gen.transaction::<Aarch64Target>(&mut rng, &b.model), WINDOW);
+                let ops = fold_ops(&gen.transaction::<Aarch64Target>(&mut rng, &b.model), b.shape, WINDOW);
                 let one_op = ops.len() == 1 && rng.chance(50);
                 match b.apply(&ops, one_op) {
                     Ok(()) => committed += 1,

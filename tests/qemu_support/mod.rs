@@ -35,7 +35,9 @@ pub fn find_qemu(test: &str, binary: &str, package: &str) -> Option<PathBuf> {
         if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
             panic!("{line} ({REQUIRE_ENV}=1 makes this a failure)");
         }
-        println!("{line}");
+        // Written to stderr directly, past the test harness's capture, so the one line shows in
+        // a plain `cargo test`.
+        let _ = writeln!(std::io::stderr(), "{line}");
     }
     found
 }
@@ -338,9 +340,10 @@ pub fn read_results(ram: &RamFile, results_pa: u64, n: usize) -> Result<GuestRep
 ///
 /// `Map` and `MapAliased` become `MapAliased` with `pa' = window + (pa mod 1 GiB)`, split where
 /// `pa` crosses a 1 GiB boundary, so alignment within a GiB (hence 2 MiB / 1 GiB pages) is
-/// kept. An op the checks reject anyway (size 0, unaligned, overflowing) keeps its size and
-/// only has its output folded, so it fails the same way. `Unmap` and `Protect` are unchanged.
-pub fn fold_ops(ops: &[MOp], window: u64) -> Vec<MOp> {
+/// kept. An op that `shape`'s documented checks reject (its range, or its output range:
+/// unaligned, overflowing, beyond the physical width) is kept as it is, so it still fails the
+/// same way (folding it could make a bad op valid). `Unmap` and `Protect` are unchanged.
+pub fn fold_ops(ops: &[MOp], shape: Shape, window: u64) -> Vec<MOp> {
     assert!(window % GIB == 0, "the pattern window must be 1 GiB aligned");
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
@@ -352,20 +355,8 @@ pub fn fold_ops(ops: &[MOp], window: u64) -> Vec<MOp> {
                 continue;
             }
         };
-        let fold = |pa: u64| window + pa % GIB;
-        let well_formed = size != 0
-            && va % PAGE == 0
-            && pa % PAGE == 0
-            && size % PAGE == 0
-            && va.checked_add(size - 1).is_some()
-            && pa.checked_add(size - 1).is_some();
-        if !well_formed {
-            out.push(MOp::MapAliased {
-                va,
-                pa: fold(pa),
-                size,
-                attrs,
-            });
+        if shape.check_range(va, size).is_err() || shape.check_pa(pa, size).is_err() {
+            out.push(*op);
             continue;
         }
         let mut done = 0;
@@ -374,7 +365,7 @@ pub fn fold_ops(ops: &[MOp], window: u64) -> Vec<MOp> {
             let piece = (GIB - piece_pa % GIB).min(size - done);
             out.push(MOp::MapAliased {
                 va: va + done,
-                pa: fold(piece_pa),
+                pa: window + piece_pa % GIB,
                 size: piece,
                 attrs,
             });
