@@ -13,8 +13,7 @@
 //! checked in `tests/aarch64_sequences.rs`.
 
 use super::*;
-use txpaging::aarch64::Aarch64Codec;
-use txpaging::{Aarch64Config, Aarch64PageTable, Transaction};
+use txpaging::{Aarch64Config, Aarch64PageTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Aarch64Cfg {
@@ -41,17 +40,6 @@ fn aarch64_check_attributes(attrs: MA, min_caches: u32) -> Result<(), PtError> {
         return Err(PtError::IncompatibleMemoryAttributes);
     }
     Ok(())
-}
-
-fn queue(t: &mut Transaction<'_, Aarch64Codec, TestPool, RecordingMmu>, ops: &[MOp]) {
-    for op in ops {
-        match *op {
-            MOp::Map { va, size, attrs } => t.map(va, size, attrs),
-            MOp::MapAliased { va, pa, size, attrs } => t.map_aliased(va, pa, size, attrs),
-            MOp::Unmap { va, size } => t.unmap(va, size),
-            MOp::Protect { va, size, attrs } => t.protect(va, size, attrs),
-        };
-    }
 }
 
 /// Descriptor fields (Arm ARM D8.3, D8.4, D8.5) and the crate's software bits (paging.md A2).

@@ -23,8 +23,8 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use txpaging::{
-    CommitReport, MappedRegion, MemoryAttributes as MA, MmuOp, PageAllocator, PagePool, PageTable, PagingType, Plan,
-    PtError, RecordingMmu, TxnError, X64Config, X64PageTable,
+    Codec, CommitReport, MappedRegion, MemoryAttributes as MA, MmuOp, PageAllocator, PagePool, PageTable, PagingType,
+    Plan, PtError, RecordingMmu, Tlb, Transaction, TxnError, X64Config, X64PageTable,
 };
 
 pub const PAGE: u64 = 4096;
@@ -304,6 +304,19 @@ impl MOp {
             | MOp::Unmap { va, size }
             | MOp::Protect { va, size, .. } => (va, size),
         }
+    }
+}
+
+/// Queues `ops` on a transaction of any table, through the builder calls
+/// (`map`, `map_aliased`, `unmap`, `protect`).
+pub fn queue<C: Codec, P: PageAllocator, T: Tlb>(t: &mut Transaction<'_, C, P, T>, ops: &[MOp]) {
+    for op in ops {
+        match *op {
+            MOp::Map { va, size, attrs } => t.map(va, size, attrs),
+            MOp::MapAliased { va, pa, size, attrs } => t.map_aliased(va, pa, size, attrs),
+            MOp::Unmap { va, size } => t.unmap(va, size),
+            MOp::Protect { va, size, attrs } => t.protect(va, size, attrs),
+        };
     }
 }
 
@@ -854,14 +867,7 @@ impl ModelTarget for X64Target {
         plan_first: bool,
     ) -> (Option<Result<Plan, TxnError>>, Result<CommitReport, TxnError>) {
         let mut t = self.table.transaction();
-        for op in ops {
-            match *op {
-                MOp::Map { va, size, attrs } => t.map(va, size, attrs),
-                MOp::MapAliased { va, pa, size, attrs } => t.map_aliased(va, pa, size, attrs),
-                MOp::Unmap { va, size } => t.unmap(va, size),
-                MOp::Protect { va, size, attrs } => t.protect(va, size, attrs),
-            };
-        }
+        queue(&mut t, ops);
         let plan = plan_first.then(|| t.plan());
         let result = t.commit();
         assert!(t.ops().is_empty(), "commit must empty the queue");
@@ -870,14 +876,7 @@ impl ModelTarget for X64Target {
 
     fn plan(&mut self, ops: &[MOp]) -> Result<Plan, TxnError> {
         let mut t = self.table.transaction();
-        for op in ops {
-            match *op {
-                MOp::Map { va, size, attrs } => t.map(va, size, attrs),
-                MOp::MapAliased { va, pa, size, attrs } => t.map_aliased(va, pa, size, attrs),
-                MOp::Unmap { va, size } => t.unmap(va, size),
-                MOp::Protect { va, size, attrs } => t.protect(va, size, attrs),
-            };
-        }
+        queue(&mut t, ops);
         t.plan()
     }
 

@@ -43,14 +43,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use txpaging::aarch64::{Aarch64Codec, PA_RANGE_48};
+use txpaging::aarch64::PA_RANGE_48;
 use txpaging::{
     Aarch64Config, Aarch64PageTable, InstallRequest, MemoryAttributes as MA, PagePool, PageTable, PagingType, PtError,
-    RecordingMmu, Transaction, TxnError,
+    RecordingMmu, TxnError,
 };
 
 use crate::model_support::Aarch64Target;
-use crate::model_support::{describe_ops, MOp, Model, Run, Shape, GIB, PAGE};
+use crate::model_support::{describe_ops, queue, MOp, Model, Run, Shape, GIB, PAGE};
 use crate::qemu_support::{
     loader_args, probe_block, read_results, run_qemu, Access, GuestReport, Probe, RamFile, RawResult, Scratch,
 };
@@ -142,17 +142,6 @@ pub struct Build {
     pub one_gib_blocks: bool,
     /// Every batch applied, for failure reports.
     pub history: Vec<Vec<MOp>>,
-}
-
-fn queue(t: &mut Transaction<'_, Aarch64Codec, PagePool, RecordingMmu>, ops: &[MOp]) {
-    for op in ops {
-        match *op {
-            MOp::Map { va, size, attrs } => t.map(va, size, attrs),
-            MOp::MapAliased { va, pa, size, attrs } => t.map_aliased(va, pa, size, attrs),
-            MOp::Unmap { va, size } => t.unmap(va, size),
-            MOp::Protect { va, size, attrs } => t.protect(va, size, attrs),
-        };
-    }
 }
 
 impl Build {

@@ -185,14 +185,7 @@ impl Build {
             Api::Transaction => {
                 let predicted = self.model.predict::<X64Target>(&self.shape, ops);
                 let mut t = self.table.transaction();
-                for op in ops {
-                    match *op {
-                        MOp::Map { va, size, attrs } => t.map(va, size, attrs),
-                        MOp::MapAliased { va, pa, size, attrs } => t.map_aliased(va, pa, size, attrs),
-                        MOp::Unmap { va, size } => t.unmap(va, size),
-                        MOp::Protect { va, size, attrs } => t.protect(va, size, attrs),
-                    };
-                }
+                crate::model_support::queue(&mut t, ops);
                 let got = t.commit().map(drop);
                 let want = predicted.as_ref().map(drop).map_err(|e| *e);
                 assert_eq!(
