@@ -6,16 +6,17 @@
 //! - [`try_commit`], the common case: the last-level table exists and stays a table (on a
 //!   live AArch64 table: and no entry needs a break);
 //! - [`try_structural`], when that declines, on a table without break-before-make phases:
-//!   the last-level table becomes uniform and aligned (its stores, then the merge into one
-//!   level-1 leaf and the table freed, unless the merge would cascade further up); the
+//!   the last-level table becomes uniform and aligned, or empty (its stores, then one level-1
+//!   leaf or an invalid entry replaces the table pointer and the table is freed, unless the
+//!   level-1 table would become uniform or empty too); the
 //!   level-1 entry is invalid and the op maps (a new table, complete before the store that
 //!   links it); or the level-1 entry is a leaf the op changes in part (the split: a new table
 //!   holding the leaf's translations, linked first, then the changed entries, SDM 4.10.2.3:
 //!   no single store changes a page's size and its translation).
 //!
-//! Anything else (bad input, a failed precondition, a table that becomes empty, a merge
-//! above level 1, missing upper tables, a break on a live table) returns `None` and goes
-//! through the planner, which also produces the error.
+//! Anything else (bad input, a failed precondition, a merge or free above level 1, missing
+//! upper tables, a break on a live table) returns `None` and goes through the planner, which
+//! also produces the error.
 
 use crate::allocator::PageAllocator;
 use crate::attributes::MemoryAttributes;
@@ -138,8 +139,8 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
 }
 
 /// The one-op changes that alter structure inside one last-level table's span, tried when
-/// [`try_commit`] declines: a merge of the last-level table into a level-1 leaf, a new
-/// last-level table, or the split of a level-1 leaf. Same contract as [`try_commit`]. Kept
+/// [`try_commit`] declines: a merge of the last-level table into a level-1 leaf or its
+/// removal once empty, a new last-level table, or the split of a level-1 leaf. Same contract as [`try_commit`]. Kept
 /// apart so the common case stays one tight function (splitting it cost a third more time
 /// per call in the one-op benchmark at the same instruction count).
 pub(crate) fn try_structural<C: Codec, P: PageAllocator, T: Tlb>(
@@ -169,18 +170,18 @@ pub(crate) fn try_structural<C: Codec, P: PageAllocator, T: Tlb>(
         }
     }
     match (C::decode(memory.read(level1, Geometry::index(start, 1)), 1), change) {
-        (Entry::Table(last_level), _) => merge(table, span, change, level1, last_level).map(Ok),
+        (Entry::Table(last_level), _) => collapse(table, span, change, level1, last_level).map(Ok),
         (Entry::Invalid, Change::Map { pa, attributes }) => Some(new_last_level(table, span, pa, attributes, level1)),
         (Entry::Leaf { pa, attributes }, _) => split_leaf(table, span, change, level1, pa, attributes),
         _ => None,
     }
 }
 
-/// The op makes the last-level table `last_level` uniform and aligned: its stores, then a
-/// leaf replaces the table pointer in `level1` and the table is freed. `None` (nothing
-/// touched) if the op fails, the table does not become uniform, or the level-1 table would
-/// become uniform too (the planner merges further up).
-fn merge<C: Codec, P: PageAllocator, T: Tlb>(
+/// The op makes the last-level table `last_level` uniform and aligned, or empty: its stores,
+/// then a leaf (merge) or an invalid entry replaces the table pointer in `level1`, and the
+/// table is freed. `None` (nothing touched) if the op fails, the table stays a table, or the
+/// level-1 table would become uniform or empty too (the planner goes further up).
+fn collapse<C: Codec, P: PageAllocator, T: Tlb>(
     table: &Tables<C, P, T>,
     span: Span,
     change: Change,
@@ -188,12 +189,9 @@ fn merge<C: Codec, P: PageAllocator, T: Tlb>(
     last_level: u64,
 ) -> Option<Committed> {
     let geometry = table.geometry();
-    if !geometry.leaf_allowed(1) {
-        return None;
-    }
     let memory = TableMemory::new(table.allocator());
     let Span { start, first, count } = span;
-    let mut summary = Summary::new(0, true);
+    let mut summary = Summary::new(0, geometry.leaf_allowed(1));
     let mut edges = Edges::default();
     for page in 0..count {
         let index = first + page;
@@ -202,21 +200,21 @@ fn merge<C: Codec, P: PageAllocator, T: Tlb>(
         summary.add(index, slot);
     }
     fold_untouched_pages::<C, P>(&memory, last_level, first, first + count, edges, &mut summary);
-    let Outcome::Uniform { pa, attributes } = summary.outcome() else {
-        return None;
+    let (entry1, slot1) = match summary.outcome() {
+        Outcome::Uniform { pa, attributes } if pa % Geometry::entry_size(1) == 0 => {
+            (C::encode_leaf(pa, attributes, 1), Slot::Leaf { pa, attributes })
+        }
+        Outcome::Empty => (INVALID_ENTRY, Slot::Invalid),
+        _ => return None,
     };
-    if pa % Geometry::entry_size(1) != 0 {
-        return None;
-    }
-    let leaf = C::encode_leaf(pa, attributes, 1);
     let index1 = Geometry::index(start, 1);
     let mut above = Summary::new(1, geometry.leaf_allowed(2));
-    above.add(index1, Slot::Leaf { pa, attributes });
+    above.add(index1, slot1);
     fold_untouched::<C, P>(&memory, level1, 1, index1, index1 + 1, &mut above);
-    if let Outcome::Uniform { pa, .. } = above.outcome() {
-        if geometry.leaf_allowed(2) && pa % Geometry::entry_size(2) == 0 {
-            return None;
-        }
+    match above.outcome() {
+        Outcome::Empty => return None,
+        Outcome::Uniform { pa, .. } if geometry.leaf_allowed(2) && pa % Geometry::entry_size(2) == 0 => return None,
+        _ => {}
     }
     // Like the planner on a table without break-before-make phases, the stores into the
     // table about to be freed are made too, with their invalidations: the merge's own
@@ -239,7 +237,7 @@ fn merge<C: Codec, P: PageAllocator, T: Tlb>(
     }
     // Dropping the table pointer also drops paging-structure caches (SDM 4.10.4.1).
     let old = memory.read(level1, index1);
-    memory.write(level1, index1, leaf);
+    memory.write(level1, index1, entry1);
     written += 1;
     if C::is_live(old) {
         let va = start & !(Geometry::entry_size(1) - 1);
@@ -417,7 +415,9 @@ impl Edges {
 /// its folded neighbour's plus (or minus) one page, within the same 2 MiB frame, is that leaf
 /// continued and cannot change it, so it is skipped without decoding. The frame bound keeps
 /// the arithmetic inside address bits 12..=20 on every architecture, so the raw values
-/// compare exactly as the decoded leaves would. This is what makes finding a merge cheap.
+/// compare exactly as the decoded leaves would. Likewise an all-zero entry beside an invalid
+/// one: once an invalid slot is folded the summary is no longer uniform, and another cannot
+/// change it. This is what makes finding a merge or an empty table cheap.
 #[inline(always)]
 fn fold_untouched_pages<C: Codec, P: PageAllocator>(
     memory: &TableMemory<'_, P>,
@@ -441,6 +441,7 @@ fn fold_untouched_pages<C: Codec, P: PageAllocator>(
                     attributes,
                 }
             }
+            Slot::Invalid if raw == INVALID_ENTRY => Slot::Invalid,
             _ => {
                 let slot = slot_of::<C>(raw, 0);
                 summary.add(after, slot);
@@ -462,6 +463,7 @@ fn fold_untouched_pages<C: Codec, P: PageAllocator>(
                     attributes,
                 }
             }
+            Slot::Invalid if raw == INVALID_ENTRY => Slot::Invalid,
             _ => {
                 let slot = slot_of::<C>(raw, 0);
                 summary.add(before, slot);

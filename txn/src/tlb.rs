@@ -129,9 +129,14 @@ impl FlushBatch {
     pub fn issue(&self, tlb: &impl Tlb) {
         if self.full {
             tlb.invalidate_all();
-        } else if !self.ranges.is_empty() {
-            for va in self.pages() {
-                tlb.invalidate_page(va);
+            return;
+        }
+        // Plain loops rather than `pages()`: this runs once per one-op commit.
+        for &(va, pages) in &self.ranges {
+            let mut page_va = va;
+            for _ in 0..pages {
+                tlb.invalidate_page(page_va);
+                page_va = page_va.wrapping_add(4096);
             }
         }
     }
