@@ -24,7 +24,7 @@ use crate::allocator::PageAllocator;
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
 use crate::error::PtError;
-use crate::geometry::{Geometry, ENTRIES_PER_TABLE};
+use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
 use crate::overlay::{Action, Overlay, Segment};
 use crate::tlb::FlushBatch;
@@ -434,6 +434,16 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         let (mut lowest, mut highest) = (ENTRIES_PER_TABLE, 0);
         let mut position = table_va;
         let mut first = 0;
+        if level == 0 {
+            self.update_pages(target, view, table_va, segments, &mut summary, &mut touched);
+            if let Some(low) = (0..touched.len()).find(|&w| touched[w] != 0) {
+                lowest = low * 64 + touched[low].trailing_zeros() as usize;
+                let high = (0..touched.len()).rev().find(|&w| touched[w] != 0).unwrap_or(low);
+                highest = high * 64 + 63 - touched[high].leading_zeros() as usize;
+            }
+            // The general loop below finds no segment left in the table.
+            position = table_end;
+        }
         loop {
             while first < segments.len() && segments[first].end <= position {
                 first += 1;
@@ -490,6 +500,70 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             }
         }
         summary.outcome()
+    }
+
+    /// The entry loop of [`update_table`](Self::update_table) for a last-level table: segments
+    /// cover whole pages, so each page is covered by exactly one segment, and the pages of
+    /// each segment are updated in order without searching for the segments of every entry.
+    /// Same decisions, stores and failures as [`update_entry`](Self::update_entry) at level 0.
+    fn update_pages(
+        &mut self,
+        target: TableRef,
+        view: View,
+        table_va: u64,
+        segments: &[Segment],
+        summary: &mut Summary,
+        touched: &mut [u64; ENTRIES_PER_TABLE / 64],
+    ) {
+        let table_end = table_va + Geometry::entry_size(1);
+        for segment in segments {
+            let start = segment.start.max(table_va);
+            let end = segment.end.min(table_end);
+            let mut entry_va = start;
+            while entry_va < end {
+                let index = Geometry::index(entry_va, 0);
+                let old_raw = self.old_entry(view, index, 0);
+                let old = C::decode(old_raw, 0);
+                let new = match (segment.action, old) {
+                    (Action::Map { pa }, _) => Some(Slot::Leaf {
+                        pa: pa + (entry_va - segment.start),
+                        attributes: segment.attributes,
+                    }),
+                    (Action::Unmap | Action::Protect, Entry::Invalid) => {
+                        if let Some(op) = segment.check {
+                            self.fail(op, PtError::NoMapping);
+                        }
+                        None
+                    }
+                    (Action::Unmap, _) => Some(Slot::Invalid),
+                    (Action::Protect, Entry::Leaf { pa, attributes }) => Some(Slot::Leaf {
+                        pa,
+                        attributes: attributes.reprotected(segment.attributes),
+                    }),
+                    // A last-level entry is never a table pointer.
+                    (Action::Protect, Entry::Table(_)) => {
+                        self.fail(u32::MAX, PtError::InternalError);
+                        None
+                    }
+                };
+                let slot = match new {
+                    Some(new) => {
+                        let at = Position {
+                            table: target,
+                            index,
+                            level: 0,
+                            va: entry_va,
+                        };
+                        self.replace(at, old_raw, old, new, None);
+                        new
+                    }
+                    None => Slot::Invalid,
+                };
+                summary.add(index, slot);
+                touched[index / 64] |= 1 << (index % 64);
+                entry_va += PAGE_SIZE;
+            }
+        }
     }
 
     /// Applies `segments` (overlapping this entry) to entry `index` of a table at `level`.
