@@ -62,13 +62,23 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
         return None;
     }
     let memory = TableMemory::new(table.allocator());
-    let mut last_level = table.root();
-    for level in (1..=geometry.top_level()).rev() {
-        match C::decode(memory.read(last_level, Geometry::index(start, level)), level) {
-            Entry::Table(next) => last_level = next,
-            _ => return None,
+    // Consecutive calls in one 2 MiB span skip the walk: the hint is forgotten by every
+    // commit that can change a table above the last level.
+    let span_start = start & !(table_span - 1);
+    let last_level = match table.walk_hint(span_start) {
+        Some(last_level) => last_level,
+        None => {
+            let mut last_level = table.root();
+            for level in (1..=geometry.top_level()).rev() {
+                match C::decode(memory.read(last_level, Geometry::index(start, level)), level) {
+                    Entry::Table(next) => last_level = next,
+                    _ => return None,
+                }
+            }
+            table.set_walk_hint(span_start, last_level);
+            last_level
         }
-    }
+    };
     let first = Geometry::index(start, 0);
     let count = ((end - start) / PAGE_SIZE) as usize;
     // Pass 1: every page qualifies, and the table stays a table. The new entries of small
@@ -147,6 +157,8 @@ pub(crate) fn try_structural<C: Codec, P: PageAllocator, T: Tlb>(
     table: &mut Tables<C, P, T>,
     op: &Op,
 ) -> Option<Result<Committed, TxnError>> {
+    // Whatever happens next may link, unlink or free a table.
+    table.forget_walk_hint();
     if C::USES_BARRIERS && table.is_live() {
         return None;
     }

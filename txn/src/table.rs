@@ -19,6 +19,10 @@ pub struct Tables<C: Codec, P: PageAllocator, T: Tlb> {
     live: core::cell::Cell<bool>,
     /// Linear ranges a commit must never break.
     pinned: smallvec::SmallVec<[(u64, u64); 4]>,
+    /// The last-level table the one-op fast path last walked to, as (linear address of its
+    /// 2 MiB span, table address). Only a commit that changes the structure can make it
+    /// stale, and every such commit forgets it first (see `forget_walk_hint`).
+    walk_hint: core::cell::Cell<Option<(u64, u64)>>,
     _codec: core::marker::PhantomData<C>,
 }
 
@@ -51,6 +55,7 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
             tlb,
             live: core::cell::Cell::new(live),
             pinned: smallvec::SmallVec::new(),
+            walk_hint: core::cell::Cell::new(None),
             _codec: core::marker::PhantomData,
         }
     }
@@ -79,6 +84,28 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
     /// Removes every pinned range.
     pub fn unpin_all(&mut self) {
         self.pinned.clear();
+    }
+
+    /// The last-level table of the 2 MiB span starting at linear `span`, if the fast path
+    /// walked to it since the last structural change.
+    #[inline]
+    pub(crate) fn walk_hint(&self, span: u64) -> Option<u64> {
+        match self.walk_hint.get() {
+            Some((hint_span, table)) if hint_span == span => Some(table),
+            _ => None,
+        }
+    }
+
+    /// Remembers that the 2 MiB span at linear `span` is held by the last-level table `table`.
+    #[inline]
+    pub(crate) fn set_walk_hint(&self, span: u64, table: u64) {
+        self.walk_hint.set(Some((span, table)));
+    }
+
+    /// Forgets the walk hint. Called before any store that can link, unlink or free a table.
+    #[inline]
+    pub(crate) fn forget_walk_hint(&self) {
+        self.walk_hint.set(None);
     }
 
     /// The pinned ranges, as linear `(start, end)` pairs.

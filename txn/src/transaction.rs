@@ -292,6 +292,8 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
         walk.run(self.table.root(), &overlay);
         walk_result(&walk)?;
         let plan = walk.plan;
+        // The plan may link, unlink or free tables: the fast path's walk hint goes first.
+        self.table.forget_walk_hint();
         let (_, _, allocator, tlb) = self.table.parts_mut();
         let mut pages = Pages::new();
         for _ in 0..plan.new_tables.len() {
