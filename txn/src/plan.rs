@@ -61,6 +61,16 @@ pub(crate) enum Slot {
     Table,
 }
 
+/// What an op covering a whole entry does to it.
+enum Covered {
+    /// The entry becomes this leaf or invalid entry.
+    Becomes(Slot),
+    /// Unmap or protect of an entry that maps nothing: the op's precondition fails here.
+    Missing,
+    /// The entry must become (or stay) a table: descend into it.
+    Descend,
+}
+
 /// Where the plan stood before descending into a table (see `Walk::roll_back`).
 #[derive(Debug, Clone, Copy)]
 struct Mark {
@@ -524,30 +534,14 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 let index = Geometry::index(entry_va, 0);
                 let old_raw = self.old_entry(view, index, 0);
                 let old = C::decode(old_raw, 0);
-                let new = match (segment.action, old) {
-                    (Action::Map { pa }, _) => Some(Slot::Leaf {
+                let action = match segment.action {
+                    Action::Map { pa } => Action::Map {
                         pa: pa + (entry_va - segment.start),
-                        attributes: segment.attributes,
-                    }),
-                    (Action::Unmap | Action::Protect, Entry::Invalid) => {
-                        if let Some(op) = segment.check {
-                            self.fail(op, PtError::NoMapping);
-                        }
-                        None
-                    }
-                    (Action::Unmap, _) => Some(Slot::Invalid),
-                    (Action::Protect, Entry::Leaf { pa, attributes }) => Some(Slot::Leaf {
-                        pa,
-                        attributes: attributes.reprotected(segment.attributes),
-                    }),
-                    // A last-level entry is never a table pointer.
-                    (Action::Protect, Entry::Table(_)) => {
-                        self.fail(u32::MAX, PtError::InternalError);
-                        None
-                    }
+                    },
+                    other => other,
                 };
-                let slot = match new {
-                    Some(new) => {
+                let slot = match self.cover_effect(action, segment.attributes, old, 0) {
+                    Covered::Becomes(new) => {
                         let at = Position {
                             table: target,
                             index,
@@ -557,12 +551,40 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                         self.replace(at, old_raw, old, new, None);
                         new
                     }
-                    None => Slot::Invalid,
+                    Covered::Missing => {
+                        if let Some(op) = segment.check {
+                            self.fail(op, PtError::NoMapping);
+                        }
+                        Slot::Invalid
+                    }
+                    // A page is always a leaf or invalid, and every page is covered.
+                    Covered::Descend => {
+                        self.fail(u32::MAX, PtError::InternalError);
+                        Slot::Invalid
+                    }
                 };
                 summary.add(index, slot);
                 touched[index / 64] |= 1 << (index % 64);
                 entry_va += PAGE_SIZE;
             }
+        }
+    }
+
+    /// What `action` (with `attributes`), covering a whole entry of `level` whose old content
+    /// is `old`, does to it.
+    #[inline]
+    fn cover_effect(&self, action: Action, attributes: MemoryAttributes, old: Entry, level: u8) -> Covered {
+        match (action, old) {
+            (Action::Map { pa }, _) if self.geometry.leaf_allowed(level) && pa % Geometry::entry_size(level) == 0 => {
+                Covered::Becomes(Slot::Leaf { pa, attributes })
+            }
+            (Action::Unmap | Action::Protect, Entry::Invalid) => Covered::Missing,
+            (Action::Unmap, _) => Covered::Becomes(Slot::Invalid),
+            (Action::Protect, Entry::Leaf { pa, attributes: old }) => Covered::Becomes(Slot::Leaf {
+                pa,
+                attributes: old.reprotected(attributes),
+            }),
+            _ => Covered::Descend,
         }
     }
 
@@ -586,28 +608,19 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             va: entry_va,
         };
         if let Some(cover) = uniform_cover(segments, entry_va, entry_va + size) {
-            let new = match (cover.action, old) {
-                (Action::Map { pa }, _) if self.geometry.leaf_allowed(level) && pa % size == 0 => Some(Slot::Leaf {
-                    pa,
-                    attributes: cover.attributes,
-                }),
-                (Action::Unmap | Action::Protect, Entry::Invalid) => {
+            match self.cover_effect(cover.action, cover.attributes, old, level) {
+                Covered::Becomes(new) => {
+                    let checked = matches!(cover.action, Action::Unmap) && cover.check.is_some();
+                    self.replace(at, old_raw, old, new, checked.then_some(segments));
+                    return new;
+                }
+                Covered::Missing => {
                     if let Some(op) = cover.check {
                         self.fail(op, PtError::NoMapping);
                     }
                     return Slot::Invalid;
                 }
-                (Action::Unmap, _) => Some(Slot::Invalid),
-                (Action::Protect, Entry::Leaf { pa, attributes }) => Some(Slot::Leaf {
-                    pa,
-                    attributes: attributes.reprotected(cover.attributes),
-                }),
-                _ => None,
-            };
-            if let Some(new) = new {
-                let checked = matches!(cover.action, Action::Unmap) && cover.check.is_some();
-                self.replace(at, old_raw, old, new, checked.then_some(segments));
-                return new;
+                Covered::Descend => {}
             }
         }
         if level == 0 {
