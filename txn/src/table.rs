@@ -149,8 +149,8 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         &mut self,
         op: crate::transaction::Op,
     ) -> Result<crate::transaction::CommitReport, crate::error::TxnError> {
-        if let Some(committed) = crate::fast::try_commit(self, &op) {
-            return Ok(committed.report);
+        if let Some(report) = crate::fast::try_commit_report(self, &op) {
+            return Ok(report);
         }
         let committed = match crate::fast::try_structural(self, &op) {
             Some(result) => result?,
