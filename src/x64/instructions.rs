@@ -7,6 +7,7 @@ use core::arch::asm;
 
 use txpaging_txn::{PtError, Tlb};
 
+use super::{full_flush, FullFlush};
 use crate::mmu::{InstallRequest, Mmu};
 
 /// IA32_EFER MSR number and its NXE bit (SDM Vol. 4, table 2-2).
@@ -14,6 +15,8 @@ const IA32_EFER: u32 = 0xC000_0080;
 const EFER_NXE: u64 = 1 << 11;
 /// CR4.LA57: 5-level paging is on (SDM 4.1.1, 4.1.2).
 const CR4_LA57: u64 = 1 << 12;
+/// CR4.PGE: global pages are enabled (SDM 4.10.2.4).
+const CR4_PGE: u64 = 1 << 7;
 
 /// The X64 MMU of the running CPU. Its instructions fault outside CPL 0.
 #[derive(Debug, Default, Clone, Copy)]
@@ -43,6 +46,28 @@ unsafe fn write_msr(msr: u32, value: u64) {
     };
 }
 
+/// The IA32_PAT MSR of this CPU.
+#[cfg_attr(not(any(target_os = "none", target_os = "uefi")), allow(dead_code))]
+pub(crate) fn read_pat() -> u64 {
+    read_msr(super::encoding::IA32_PAT)
+}
+
+/// MAXPHYADDR: CPUID 8000_0008h `EAX[7:0]` (SDM 4.1.4), 36 where the leaf is missing.
+#[cfg_attr(not(any(target_os = "none", target_os = "uefi")), allow(dead_code))]
+pub(crate) fn max_phys_bits() -> u8 {
+    use core::arch::x86_64::__cpuid;
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads identification registers.
+    let max_extended = unsafe { __cpuid(0x8000_0000) }.eax;
+    if max_extended < 0x8000_0008 {
+        return 36;
+    }
+    #[allow(unused_unsafe)]
+    // SAFETY: as above; the leaf exists (checked against the maximum leaf).
+    let eax = unsafe { __cpuid(0x8000_0008) }.eax;
+    eax as u8
+}
+
 /// Whether the CPU supports NX (CPUID 8000_0001h `EDX[20]`) and 1 GiB pages (`EDX[26]`).
 pub(crate) fn cpu_features() -> (bool, bool) {
     use core::arch::x86_64::__cpuid;
@@ -66,11 +91,33 @@ impl Tlb for X64Mmu {
     }
 
     fn invalidate_all(&self) {
-        // SAFETY: reloading CR3 with its own value flushes non-global TLB entries and the
-        // paging-structure caches (SDM 4.10.4.1); the tables are unchanged by it. This
-        // crate never sets G, so no translation of its tables survives.
-        unsafe {
-            asm!("mov {tmp}, cr3", "mov cr3, {tmp}", tmp = out(reg) _, options(nostack, preserves_flags));
+        let cr4: u64;
+        // SAFETY: reading CR4 has no side effects.
+        unsafe { asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags)) };
+        match full_flush(cr4) {
+            FullFlush::ToggleGlobalPages => {
+                // SAFETY: clearing and restoring CR4.PGE invalidates all TLB entries, global
+                // ones included, and the paging-structure caches (SDM 4.10.4.1, "MOV to CR4");
+                // no other CR4 bit changes. A table adopted from firmware may hold global
+                // leaves, which a CR3 reload would keep.
+                unsafe {
+                    asm!(
+                        "mov cr4, {without}",
+                        "mov cr4, {with}",
+                        without = in(reg) cr4 & !CR4_PGE,
+                        with = in(reg) cr4,
+                        options(nostack, preserves_flags)
+                    );
+                }
+            }
+            FullFlush::ReloadCr3 => {
+                // SAFETY: reloading CR3 with its own value flushes non-global TLB entries and
+                // the paging-structure caches (SDM 4.10.4.1); with CR4.PGE clear no entry is
+                // global. The tables are unchanged by it.
+                unsafe {
+                    asm!("mov {tmp}, cr3", "mov cr3, {tmp}", tmp = out(reg) _, options(nostack, preserves_flags));
+                }
+            }
         }
     }
 }
@@ -107,6 +154,11 @@ impl Mmu for X64Mmu {
         // SAFETY: the caller of `install_page_table` guarantees the table maps the running
         // code, stack and data (the documented contract of `PageTable::install_page_table`).
         unsafe { asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags)) };
+        if full_flush(cr4) == FullFlush::ToggleGlobalPages {
+            // The CR3 load kept the global translations of the previous table (SDM
+            // 4.10.4.1); the previous table may be the firmware's, with G set.
+            self.invalidate_all();
+        }
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! (where the CPU has them) 1 GiB pages.
 
 pub mod encoding;
+pub mod existing;
 #[cfg(target_arch = "x86_64")]
 mod instructions;
 
@@ -27,6 +28,27 @@ pub type DefaultX64Mmu = X64Mmu;
 /// a [`RecordingMmu`](crate::RecordingMmu) elsewhere.
 #[cfg(not(all(target_arch = "x86_64", any(target_os = "none", target_os = "uefi"))))]
 pub type DefaultX64Mmu = crate::RecordingMmu;
+
+/// How the real MMU invalidates every translation (SDM Vol. 3A, 4.10.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullFlush {
+    /// CR4.PGE is clear: reloading CR3 drops every translation.
+    ReloadCr3,
+    /// CR4.PGE is set: a CR3 load keeps global translations (those of a table adopted
+    /// from firmware may have G set), so CR4.PGE is cleared and set again.
+    ToggleGlobalPages,
+}
+
+/// The full flush [`X64Mmu`] uses under the CR4 value `cr4`.
+pub const fn full_flush(cr4: u64) -> FullFlush {
+    /// CR4.PGE (SDM 2.5).
+    const CR4_PGE: u64 = 1 << 7;
+    if cr4 & CR4_PGE != 0 {
+        FullFlush::ToggleGlobalPages
+    } else {
+        FullFlush::ReloadCr3
+    }
+}
 
 /// Physical address width the entries can hold (MAXPHYADDR is at most 52, SDM 4.1.4).
 pub const X64_PA_BITS: u8 = 52;
@@ -133,6 +155,45 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
             paging_type,
             config,
         })
+    }
+
+    /// Opens the table at `root` that someone else built (the firmware's, read from CR3)
+    /// under the IA32_PAT layout in force, after the checked walk of
+    /// [`existing`]: every table page reached once, no reserved bit
+    /// set, and every leaf's PAT index meaning the same memory type under `layout` as under
+    /// [`PAT_LAYOUT`]. Queries then read the table exactly, and changes are written in this
+    /// crate's encoding, correct once [`PageTable::install_page_table`] programs
+    /// [`PAT_LAYOUT`] (or at once, for the indices both layouts share).
+    ///
+    /// # Safety
+    /// `root` and every table page reachable from it must be readable through
+    /// `allocator.physical_to_pointer` for as long as this value is used, and nothing else
+    /// may change the table meanwhile. Changes write to the table pages found there.
+    pub unsafe fn from_existing_with_layout(
+        root: u64,
+        allocator: P,
+        paging_type: PagingType,
+        config: X64Config,
+        mmu: M,
+        layout: existing::ExistingLayout,
+    ) -> Result<(Self, existing::ExistingTableSummary), existing::ExistingTableError> {
+        if root % txpaging_txn::PAGE_SIZE != 0 {
+            return Err(existing::ExistingTableError::UnalignedRoot { root });
+        }
+        let geometry =
+            geometry(paging_type, config).map_err(|_| existing::ExistingTableError::UnsupportedPagingType)?;
+        // SAFETY: forwarded contract; the checked walk below only reads.
+        let tables = unsafe { Tables::from_existing(root, allocator, geometry, mmu) }
+            .map_err(|_| existing::ExistingTableError::UnalignedRoot { root })?;
+        let summary = existing::check(&tables, layout)?;
+        Ok((
+            Self {
+                tables,
+                paging_type,
+                config,
+            },
+            summary,
+        ))
     }
 
     /// Physical address of the root table (the value for CR3).

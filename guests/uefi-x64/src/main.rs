@@ -1,0 +1,567 @@
+//! txpaging inside OVMF: a UEFI application that builds a table from the firmware's own
+//! (adopted with `from_existing_with_layout` under the IA32_PAT in force) and the memory
+//! map, applies a DXE-style protection batch as one transaction, installs it with the
+//! library's `install_page_table`, keeps using boot services on it, probes it, changes it
+//! live, shares it with the APs, and restores the firmware's CR3 and PAT before it exits.
+//!
+//! Results go to COM1 as `TXP ` lines (see `serial`), read by `tests/firmware_x64.rs`;
+//! the exit status goes through QEMU's isa-debug-exit device.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod cpu;
+mod mmu;
+mod model;
+mod pages;
+mod pe;
+mod probe;
+mod probes;
+mod serial;
+
+use alloc::vec::Vec;
+use core::arch::global_asm;
+
+use txpaging::x64::existing::ExistingLayout;
+use txpaging::x64::{X64Config, X64PageTable};
+use txpaging::{MemoryAttributes, Op, PageTable, PagingType, RecordingMmu, TxnError};
+use uefi::boot::{self, AllocateType, OpenProtocolAttributes, OpenProtocolParams};
+use uefi::mem::memory_map::{MemoryMap, MemoryType};
+use uefi::prelude::*;
+use uefi::proto::loaded_image::LoadedImage;
+
+use model::{uefi_attr, Change, Model};
+use pages::{FirmwarePages, ReadOnlyPages};
+use probes::{Expected, Kind, Memory, Rng};
+
+/// The table under test.
+pub type Table = X64PageTable<FirmwarePages, mmu::AppMmu>;
+
+const PAGE: u64 = 4096;
+/// Pages of the application's own stack, above one guard page.
+const STACK_PAGES: u64 = 64;
+
+/// How long to wait for the host's monitor cross-check (time-stamp-counter ticks; about a
+/// minute at QEMU's nominal frequency).
+const MONITOR_WAIT_TICKS: u64 = 120_000_000_000;
+
+/// Exit codes for isa-debug-exit: QEMU exits with `(code << 1) | 1`.
+const EXIT_PASS: u8 = 0x10;
+const EXIT_FAIL: u8 = 0x11;
+
+global_asm!(
+    r#"
+    .text
+    .global txp_call_on_stack
+txp_call_on_stack:
+    push rbp
+    mov rbp, rsp
+    mov rsp, rdi
+    call rsi
+    mov rsp, rbp
+    pop rbp
+    ret
+"#
+);
+
+extern "sysv64" {
+    fn txp_call_on_stack(top: u64, body: extern "sysv64" fn() -> !) -> !;
+}
+
+/// Where the application's stack and its guard page are.
+static mut STACK_GUARD: u64 = 0;
+
+#[entry]
+fn main() -> Status {
+    uefi::helpers::init().expect("uefi helpers");
+    let pages = 1 + STACK_PAGES as usize;
+    let stack = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, pages).expect("stack");
+    let guard = stack.as_ptr() as u64;
+    // SAFETY: written once, before anything reads it.
+    unsafe { STACK_GUARD = guard };
+    // SAFETY: the new stack is ours (LoaderData pages), 16-byte aligned at its top, and
+    // `run` never returns to this frame.
+    unsafe { txp_call_on_stack(guard + pages as u64 * PAGE, run) }
+}
+
+/// The whole run on the application's own stack.
+extern "sysv64" fn run() -> ! {
+    let mut failures = 0usize;
+    // SAFETY: written before `run` was called.
+    let guard = unsafe { STACK_GUARD };
+    txp!("BEGIN arch=x64 stack_guard={guard:#x}");
+    let entry = Registers::read();
+    txp!(
+        "ENTRY cr0={:#x} cr3={:#x} cr4={:#x} pat={:#x} efer={:#x} wp={}",
+        entry.cr0,
+        entry.cr3,
+        entry.cr4,
+        entry.pat,
+        entry.efer,
+        u8::from(entry.cr0 & cpu::CR0_WP != 0)
+    );
+    let paging_type = if entry.cr4 & (1 << 12) != 0 {
+        PagingType::Paging5Level
+    } else {
+        PagingType::Paging4Level
+    };
+
+    // The memory map and the loaded images.
+    let descriptors = memory_map();
+    txp!("MEMMAP descriptors={}", descriptors.len());
+    let images = loaded_images();
+    txp!("IMAGES count={}", images.len());
+
+    // The firmware's live table, adopted under the IA32_PAT in force.
+    let layout = ExistingLayout::current();
+    // SAFETY: CR3 holds the firmware's live table, identity mapped; nothing changes it while
+    // this application reads it (it only calls boot services that do not remap).
+    let adopted = unsafe {
+        X64PageTable::from_existing_with_layout(
+            entry.cr3 & 0x000F_FFFF_FFFF_F000,
+            ReadOnlyPages,
+            paging_type,
+            X64Config::detect(),
+            RecordingMmu::new(),
+            layout,
+        )
+    };
+    let (firmware, summary) = match adopted {
+        Ok(adopted) => adopted,
+        Err(error) => fail(&alloc::format!("adopt: {error}")),
+    };
+    let firmware_regions: Vec<_> = firmware.regions().collect();
+    txp!(
+        "ADOPT tables={} leaves={} global_leaves={} regions={} max_phys_bits={}",
+        summary.table_pages,
+        summary.leaves,
+        summary.global_leaves,
+        firmware_regions.len(),
+        layout.max_phys_bits
+    );
+
+    // The new table: everything the firmware maps, plus what the memory map lists that the
+    // firmware's table does not map.
+    let mut model = Model::new();
+    let mut table: Table = X64PageTable::with_mmu(
+        FirmwarePages::new(),
+        paging_type,
+        X64Config::detect(),
+        mmu::AppMmu::default(),
+    )
+    .unwrap_or_else(|e| fail(&alloc::format!("new table: {e}")));
+    let mut build: Vec<Change> = firmware_regions
+        .iter()
+        .map(|r| Change::Map {
+            va: r.va,
+            pa: r.pa,
+            size: r.size,
+            attributes: r.attributes.bits(),
+        })
+        .collect();
+    for &(ty, start, end, _) in &descriptors {
+        for (gap_start, gap_end) in uncovered(&firmware_regions, start, end) {
+            let attributes = if is_ram(ty) { 0 } else { uefi_attr::UC | uefi_attr::XP };
+            build.push(Change::Map {
+                va: gap_start,
+                pa: gap_start,
+                size: gap_end - gap_start,
+                attributes,
+            });
+        }
+    }
+    commit(&mut table, &mut model, &build, "build");
+
+    // The DXE-style protection batch, one transaction.
+    let batch = protection_batch(&descriptors, &images, guard);
+    commit(&mut table, &mut model, &batch, "protect");
+
+    // Install with the library's own install: IA32_PAT, EFER.NXE, CR3.
+    if let Err(error) = table.install_page_table() {
+        fail(&alloc::format!("install: {error}"));
+    }
+    let installed = Registers::read();
+    txp!(
+        "INSTALLED cr3={:#x} pat={:#x} efer={:#x} root={:#x} table_pages={}",
+        installed.cr3,
+        installed.pat,
+        installed.efer,
+        table.root(),
+        table.table_pages()
+    );
+    if installed.cr3 & 0x000F_FFFF_FFFF_F000 != table.root() || installed.pat != txpaging::x64::PAT_LAYOUT {
+        failures += 1;
+        txp!("MISMATCH install registers");
+    }
+    if installed.efer & (1 << 11) == 0 {
+        failures += 1;
+        txp!("MISMATCH EFER.NXE clear after install");
+    }
+
+    // The firmware keeps working on our table.
+    failures += boot_services_still_work();
+
+    // Probes of the installed table.
+    let memory = Memory::new(
+        descriptors
+            .iter()
+            .map(|&(ty, start, end, _)| (start, end, if is_ram(ty) { Kind::Ram } else { Kind::Other }))
+            .collect(),
+    );
+    let mut rng = Rng::new(entry.cr3 ^ 0x7478_7061_6769_6e67);
+    let wp = WriteProtect::enable();
+    let expected = Expected::new(&model);
+    let vas = probes::addresses(&model, &expected, &[0, guard, guard + PAGE], &mut rng, 3000);
+    let tally = probes::run("installed", &vas, &expected, &memory);
+    report_tally("installed", &tally);
+    failures += tally.mismatches;
+    drop(wp);
+
+    // QEMU's own decoder: the host reads `info tlb` through the monitor while this CPU
+    // waits here on the installed table, then answers on the serial port.
+    txp!("MONITOR ready ops={}", model.changes().len());
+    let answered = serial::read_byte(MONITOR_WAIT_TICKS).is_some();
+    txp!("MONITOR answered={}", u8::from(answered));
+
+    // Back to the firmware's table and PAT.
+    // SAFETY: the firmware's table is unchanged and maps everything it did at entry; its PAT
+    // goes back first so no translation is cached with a mixed layout after the CR3 load.
+    unsafe {
+        cpu::write_msr(cpu::IA32_PAT, entry.pat);
+        cpu::write_cr3(entry.cr3);
+    }
+    let restored = Registers::read();
+    txp!("RESTORED cr3={:#x} pat={:#x}", restored.cr3, restored.pat);
+    if restored.cr3 != entry.cr3 || restored.pat != entry.pat {
+        failures += 1;
+    }
+    let pages = table.allocator();
+    txp!(
+        "PAGES in_use={} freed={} table_pages={} invalidations={} full_flushes={} installs={}",
+        pages.in_use,
+        pages.freed,
+        table.table_pages(),
+        table
+            .mmu()
+            .page_invalidations
+            .load(core::sync::atomic::Ordering::Relaxed),
+        table.mmu().full_flushes.load(core::sync::atomic::Ordering::Relaxed),
+        table.mmu().installs.load(core::sync::atomic::Ordering::Relaxed)
+    );
+    txp!("END failures={failures}");
+    cpu::qemu_exit(if failures == 0 { EXIT_PASS } else { EXIT_FAIL })
+}
+
+/// Reports a fatal error and ends the run.
+fn fail(message: &str) -> ! {
+    txp!("FATAL {message}");
+    cpu::qemu_exit(EXIT_FAIL)
+}
+
+fn report_tally(phase: &str, tally: &probes::Tally) {
+    txp!(
+        "PROBES phase={phase} addresses={} reads={} writes={} executes={} faults={} mismatches={} skipped={}",
+        tally.addresses,
+        tally.reads,
+        tally.writes,
+        tally.executes,
+        tally.faults,
+        tally.mismatches,
+        tally.skipped
+    );
+}
+
+/// CR0, CR3, CR4, IA32_PAT and IA32_EFER.
+#[derive(Debug, Clone, Copy)]
+struct Registers {
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    pat: u64,
+    efer: u64,
+}
+
+impl Registers {
+    fn read() -> Self {
+        Self {
+            cr0: cpu::read_cr0(),
+            cr3: cpu::read_cr3(),
+            cr4: cpu::read_cr4(),
+            pat: cpu::read_msr(cpu::IA32_PAT),
+            efer: cpu::read_msr(cpu::IA32_EFER),
+        }
+    }
+}
+
+/// CR0.WP set for the probes (supervisor writes honour read-only pages, SDM 4.6.1), and
+/// put back as the firmware had it.
+struct WriteProtect(u64);
+
+impl WriteProtect {
+    fn enable() -> Self {
+        let cr0 = cpu::read_cr0();
+        // SAFETY: WP only makes supervisor writes honour R/W; the probes expect that.
+        unsafe { cpu::write_cr0(cr0 | cpu::CR0_WP) };
+        Self(cr0)
+    }
+}
+
+impl Drop for WriteProtect {
+    fn drop(&mut self) {
+        // SAFETY: restores the firmware's CR0.
+        unsafe { cpu::write_cr0(self.0) };
+    }
+}
+
+/// `(type, start, end, attribute)` of every descriptor.
+fn memory_map() -> Vec<(u32, u64, u64, u64)> {
+    let map = boot::memory_map(MemoryType::LOADER_DATA).unwrap_or_else(|_| fail("memory map"));
+    map.entries()
+        .map(|d| (d.ty.0, d.phys_start, d.phys_start + d.page_count * PAGE, d.att.bits()))
+        .collect()
+}
+
+/// RAM types of the memory map (UEFI 2.10, 7.2, table 7-6).
+fn is_ram(ty: u32) -> bool {
+    matches!(ty, 1..=7 | 9 | 10 | 14)
+}
+
+/// Data types whose memory must not execute: LoaderData, BootServicesData,
+/// RuntimeServicesData, Conventional, ACPI reclaim and NVS.
+fn is_data(ty: u32) -> bool {
+    matches!(ty, 2 | 4 | 6 | 7 | 9 | 10)
+}
+
+/// `(base, size)` of every loaded image.
+fn loaded_images() -> Vec<(u64, u64)> {
+    let handles = boot::find_handles::<LoadedImage>().unwrap_or_default();
+    let mut images = Vec::new();
+    for handle in handles {
+        let params = OpenProtocolParams {
+            handle,
+            agent: boot::image_handle(),
+            controller: None,
+        };
+        // SAFETY: GetProtocol does not take the protocol away from anyone; only read.
+        if let Ok(image) = unsafe { boot::open_protocol::<LoadedImage>(params, OpenProtocolAttributes::GetProtocol) } {
+            let (base, size) = image.info();
+            if !base.is_null() && size > 0 {
+                images.push((base as u64, size));
+            }
+        }
+    }
+    images.sort_unstable();
+    images
+}
+
+/// The parts of `[start, end)` that no region covers.
+fn uncovered(regions: &[txpaging::MappedRegion], start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut gaps = Vec::new();
+    let mut cursor = start;
+    for region in regions {
+        let (r_start, r_end) = (region.va, region.va + region.size);
+        if r_end <= cursor || r_start >= end {
+            continue;
+        }
+        if r_start > cursor {
+            gaps.push((cursor, r_start));
+        }
+        cursor = cursor.max(r_end);
+        if cursor >= end {
+            break;
+        }
+    }
+    if cursor < end {
+        gaps.push((cursor, end));
+    }
+    gaps
+}
+
+/// The protection batch: data-type memory XP; each image's headers RO+XP, code RO,
+/// read-only data RO+XP, data XP; the NULL page and the stack guard page not present.
+fn protection_batch(descriptors: &[(u32, u64, u64, u64)], images: &[(u64, u64)], guard: u64) -> Vec<Change> {
+    use uefi_attr::{RO, RP, XP};
+    let mut batch = Vec::new();
+    for &(ty, start, end, _) in descriptors {
+        if is_data(ty) {
+            batch.push(Change::Protect {
+                va: start,
+                size: end - start,
+                attributes: XP,
+            });
+        }
+    }
+    let (mut protected, mut skipped) = (0, 0);
+    for &(base, size) in images {
+        // SAFETY: the loaded image protocol says `size` bytes at `base` are the image.
+        let bytes = unsafe { core::slice::from_raw_parts(base as *const u8, size as usize) };
+        match pe::pieces(bytes) {
+            Ok(pieces) => {
+                protected += 1;
+                let image_end = (base + size + PAGE - 1) & !(PAGE - 1);
+                for (offset, length, piece) in pieces {
+                    let start = base + offset;
+                    let end = (start + length).min(image_end);
+                    if start >= end || start % PAGE != 0 {
+                        continue;
+                    }
+                    let attributes = match piece {
+                        pe::Piece::Headers | pe::Piece::ReadOnlyData => RO | XP,
+                        pe::Piece::Code => RO,
+                        pe::Piece::Data => XP,
+                    };
+                    batch.push(Change::Protect {
+                        va: start,
+                        size: end - start,
+                        attributes,
+                    });
+                }
+            }
+            Err(pe::Skip::SectionAlignment(_)) => skipped += 1,
+            Err(pe::Skip::NotPe) => fail(&alloc::format!("loaded image at {base:#x} is not PE32+")),
+        }
+    }
+    // Images whose sections are not page aligned (most of OVMF's drivers, SectionAlignment
+    // 0x40) mix code and data in a page: like edk2, they are left as the firmware mapped them.
+    txp!("IMAGES protected={protected} unaligned_left_alone={skipped}");
+    batch.push(Change::Protect {
+        va: 0,
+        size: PAGE,
+        attributes: RP,
+    });
+    batch.push(Change::Protect {
+        va: guard,
+        size: PAGE,
+        attributes: RP | XP,
+    });
+    batch
+}
+
+/// The txpaging op of a change.
+fn op_of(change: &Change) -> Op {
+    let attributes = |bits: u64| MemoryAttributes::from_bits_retain(bits);
+    match *change {
+        Change::Map {
+            va,
+            pa,
+            size,
+            attributes: bits,
+        } => Op::Map {
+            va,
+            pa,
+            size,
+            attributes: attributes(bits),
+        },
+        Change::Unmap { va, size } => Op::Unmap { va, size },
+        Change::Protect {
+            va,
+            size,
+            attributes: bits,
+        } => Op::Protect {
+            va,
+            size,
+            attributes: attributes(bits),
+        },
+    }
+}
+
+/// Prints every change (for the host's replay), plans and commits them as one transaction,
+/// and records them in the model. Ends the run if the transaction fails.
+fn commit(table: &mut Table, model: &mut Model, changes: &[Change], name: &str) -> txpaging::CommitReport {
+    match try_commit(table, model, changes, name) {
+        Ok(report) => report,
+        Err(error) => fail(&alloc::format!("{name}: {error}")),
+    }
+}
+
+fn try_commit(
+    table: &mut Table,
+    model: &mut Model,
+    changes: &[Change],
+    name: &str,
+) -> Result<txpaging::CommitReport, TxnError> {
+    let mut transaction = table.transaction();
+    transaction.extend(changes.iter().map(op_of));
+    let plan = transaction.plan()?;
+    txp!(
+        "PLAN name={name} ops={} ranges={} tables_to_allocate={} tables_to_free={} entries_to_write={} pages_to_invalidate={} full_flush={}",
+        changes.len(),
+        plan.ranges.len(),
+        plan.tables_to_allocate,
+        plan.tables_to_free,
+        plan.entries_to_write,
+        plan.pages_to_invalidate.len(),
+        u8::from(plan.full_flush)
+    );
+    let report = transaction.commit()?;
+    txp!(
+        "COMMIT name={name} entries_written={} tables_allocated={} tables_freed={} pages_invalidated={} full_flushes={}",
+        report.entries_written,
+        report.tables_allocated,
+        report.tables_freed,
+        report.pages_invalidated,
+        report.full_flushes
+    );
+    for change in changes {
+        let (kind, va, pa, size, attributes) = change.fields();
+        txp!("OP {kind} {va:#x} {pa:#x} {size:#x} {attributes:#x}");
+        model.push(*change);
+    }
+    Ok(report)
+}
+
+/// Console output, page and pool allocations and a timer event, on the installed table.
+fn boot_services_still_work() -> usize {
+    use core::fmt::Write;
+    let mut failures = 0;
+    let printed = uefi::system::with_stdout(|out| writeln!(out, "txpaging: the firmware runs on the new table"));
+    let pages = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, 4);
+    let pages_ok = match pages {
+        Ok(pages) => {
+            let pattern = 0x5458_5041_4749_4e47u64;
+            let words = pages.as_ptr().cast::<u64>();
+            // SAFETY: 4 pages just allocated for this application.
+            unsafe {
+                words.write_volatile(pattern);
+                words.add(2047).write_volatile(!pattern);
+            }
+            // SAFETY: as above.
+            let back = unsafe { (words.read_volatile(), words.add(2047).read_volatile()) };
+            // SAFETY: allocated above, no longer used.
+            let freed = unsafe { boot::free_pages(pages, 4) }.is_ok();
+            back == (pattern, !pattern) && freed
+        }
+        Err(_) => false,
+    };
+    let pool: Vec<u64> = (0..10_000u64).collect();
+    let pool_ok = pool.iter().sum::<u64>() == 10_000 * 9_999 / 2;
+    drop(pool);
+    let timer_ok = timer_fires();
+    txp!(
+        "BOOT_SERVICES console={} pages={} pool={} timer={}",
+        u8::from(printed.is_ok()),
+        u8::from(pages_ok),
+        u8::from(pool_ok),
+        u8::from(timer_ok)
+    );
+    for ok in [printed.is_ok(), pages_ok, pool_ok, timer_ok] {
+        failures += usize::from(!ok);
+    }
+    failures
+}
+
+/// A 10 ms relative timer event, waited for: the timer interrupt runs on the new table.
+fn timer_fires() -> bool {
+    use uefi::boot::{EventType, TimerTrigger, Tpl};
+    // SAFETY: a timer event without a notification function.
+    let Ok(event) = (unsafe { boot::create_event(EventType::TIMER, Tpl::CALLBACK, None, None) }) else {
+        return false;
+    };
+    let fired = boot::set_timer(&event, TimerTrigger::Relative(100_000)).is_ok()
+        // SAFETY: the event handle stays valid until closed below.
+        && boot::wait_for_event(&mut [unsafe { event.unsafe_clone() }]).is_ok();
+    let _ = boot::close_event(event);
+    fired
+}

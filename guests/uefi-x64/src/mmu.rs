@@ -1,0 +1,60 @@
+//! The application's MMU: txpaging's real `X64Mmu` (INVLPG, CR3 or CR4.PGE flush, IA32_PAT,
+//! EFER.NXE, CR3 at install), counted, with a switch that drops every invalidation. The
+//! switch exists for the negative controls: with it on, a live change must be seen stale.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use txpaging::x64::X64Mmu;
+use txpaging::{Barrier, InstallRequest, Mmu, PtError, Tlb};
+
+#[derive(Default)]
+pub struct AppMmu {
+    real: X64Mmu,
+    drop_invalidations: AtomicBool,
+    pub page_invalidations: AtomicU64,
+    pub full_flushes: AtomicU64,
+    pub dropped: AtomicU64,
+    pub installs: AtomicU64,
+}
+
+impl AppMmu {
+    pub fn set_dropping(&self, dropping: bool) {
+        self.drop_invalidations.store(dropping, Ordering::SeqCst);
+    }
+
+    fn dropping(&self) -> bool {
+        if self.drop_invalidations.load(Ordering::SeqCst) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Tlb for AppMmu {
+    fn invalidate_page(&self, va: u64) {
+        if !self.dropping() {
+            self.page_invalidations.fetch_add(1, Ordering::Relaxed);
+            self.real.invalidate_page(va);
+        }
+    }
+
+    fn invalidate_all(&self) {
+        if !self.dropping() {
+            self.full_flushes.fetch_add(1, Ordering::Relaxed);
+            self.real.invalidate_all();
+        }
+    }
+
+    fn barrier(&self, barrier: Barrier) {
+        self.real.barrier(barrier);
+    }
+}
+
+impl Mmu for AppMmu {
+    fn install(&self, request: &InstallRequest) -> Result<(), PtError> {
+        self.installs.fetch_add(1, Ordering::Relaxed);
+        self.real.install(request)
+    }
+}

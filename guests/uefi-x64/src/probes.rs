@@ -1,0 +1,276 @@
+//! Which addresses to probe, which accesses are safe to make there, and the check of each
+//! outcome against the model.
+
+use alloc::vec::Vec;
+
+use crate::model::{self, Access, Mapping, Model, Run};
+use crate::probe::{self, Outcome};
+
+const PAGE: u64 = 4096;
+const MIB2: u64 = 0x20_0000;
+const GIB: u64 = 0x4000_0000;
+
+/// #PF error code bits (SDM Vol. 3A, 4.7): P, W/R, U/S, RSVD, I/D.
+const PF_P: u64 = 1 << 0;
+const PF_W: u64 = 1 << 1;
+const PF_ID: u64 = 1 << 4;
+
+/// What the UEFI memory map says is at an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// RAM: reads have no side effect, and a write that stores the value read is harmless.
+    Ram,
+    /// MMIO known to read without side effects on q35 (local APIC, IOAPIC, HPET, flash,
+    /// ECAM), and addresses no device decodes (above both RAM and 4 GiB: this machine has
+    /// no 64-bit BARs), where reads return all ones.
+    QuietMmio,
+    /// Anything else: touched only where a fault is expected.
+    Other,
+}
+
+/// The memory map as sorted `(start, end, kind)`.
+pub struct Memory {
+    ranges: Vec<(u64, u64, Kind)>,
+    /// Above this nothing decodes addresses.
+    unassigned: u64,
+}
+
+impl Memory {
+    pub fn new(mut ranges: Vec<(u64, u64, Kind)>) -> Self {
+        let ram_top = ranges
+            .iter()
+            .filter(|r| r.2 == Kind::Ram)
+            .map(|r| r.1)
+            .max()
+            .unwrap_or(0);
+        let unassigned = ram_top.max(GIB * 4);
+        for quiet in [
+            (0xFEE0_0000, 0xFEE0_1000),
+            (0xFEC0_0000, 0xFEC0_1000),
+            (0xFED0_0000, 0xFED0_1000),
+            (0xFFC0_0000, 0x1_0000_0000),
+            (0xB000_0000, 0xC000_0000),
+        ] {
+            ranges.push((quiet.0, quiet.1, Kind::QuietMmio));
+        }
+        ranges.sort_unstable_by_key(|r| r.0);
+        Self { ranges, unassigned }
+    }
+
+    pub fn kind(&self, va: u64) -> Kind {
+        let mut kind = if va >= self.unassigned {
+            Kind::QuietMmio
+        } else {
+            Kind::Other
+        };
+        for &(start, end, k) in &self.ranges {
+            if va >= start && va < end {
+                kind = k;
+                if k == Kind::Ram {
+                    return k;
+                }
+            }
+        }
+        kind
+    }
+}
+
+/// The expected state, precomputed for lookups.
+pub struct Expected {
+    runs: Vec<Run>,
+}
+
+impl Expected {
+    pub fn new(model: &Model) -> Self {
+        Self { runs: model.runs() }
+    }
+
+    pub fn at(&self, va: u64) -> Option<Mapping> {
+        model::lookup(&self.runs, va)
+    }
+
+    /// The end of the mapped space (the last run's end).
+    pub fn top(&self) -> u64 {
+        self.runs.iter().rev().find(|r| r.2.is_some()).map_or(0, |r| r.1)
+    }
+}
+
+/// A small deterministic generator (xorshift64*), seeded per run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Page addresses to probe: both sides of every change's edges, of every 2 MiB boundary
+/// below 4 GiB and of every 1 GiB boundary up to 64 GiB past the mapped top; random pages
+/// (most below 4 GiB, some up to 1 GiB past the top, some anywhere in the lower half); and
+/// `extra`.
+pub fn addresses(model: &Model, expected: &Expected, extra: &[u64], rng: &mut Rng, random: usize) -> Vec<u64> {
+    const LIMIT: u64 = 1 << 47;
+    let mut vas: Vec<u64> = Vec::new();
+    let both_sides = |vas: &mut Vec<u64>, edge: u64| {
+        let edge = edge & !(PAGE - 1);
+        if edge >= PAGE {
+            vas.push(edge - PAGE);
+        }
+        if edge < LIMIT {
+            vas.push(edge);
+        }
+    };
+    for change in model.changes() {
+        let (_, va, _, size, _) = change.fields();
+        both_sides(&mut vas, va);
+        both_sides(&mut vas, va + size);
+    }
+    let top = expected.top();
+    let mut edge = MIB2;
+    while edge <= 4 * GIB {
+        both_sides(&mut vas, edge);
+        edge += MIB2;
+    }
+    let mut edge = GIB;
+    while edge <= (top + 64 * GIB).min(LIMIT) {
+        both_sides(&mut vas, edge);
+        edge += GIB;
+    }
+    let span = (top + GIB).min(LIMIT);
+    for index in 0..random {
+        let bound = match index % 8 {
+            7 => LIMIT,
+            6 => span,
+            _ => 4 * GIB,
+        };
+        vas.push((rng.next() % bound) & !(PAGE - 1));
+    }
+    vas.extend(extra.iter().map(|va| va & !(PAGE - 1)));
+    vas.sort_unstable();
+    vas.dedup();
+    vas
+}
+
+/// Tallies of one probe pass.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub addresses: usize,
+    pub reads: usize,
+    pub writes: usize,
+    pub executes: usize,
+    pub faults: usize,
+    pub mismatches: usize,
+    pub skipped: usize,
+}
+
+fn expected_fault(access: Access, kind: u64) -> Option<u64> {
+    // kind: 0 read, PF_W write, PF_ID fetch.
+    if !access.present {
+        return Some(kind);
+    }
+    match kind {
+        PF_W if !access.writable => Some(PF_P | PF_W),
+        PF_ID if !access.executable => Some(PF_P | PF_ID),
+        _ => None,
+    }
+}
+
+fn check(tally: &mut Tally, phase: &str, what: &str, va: u64, expected: Option<u64>, outcome: Outcome) {
+    let matches = match (expected, outcome) {
+        (None, Outcome::Done(_)) => true,
+        (Some(error), Outcome::PageFault { error: got, cr2 }) => got == error && cr2 == va,
+        _ => false,
+    };
+    if matches!(outcome, Outcome::PageFault { .. }) {
+        tally.faults += 1;
+    }
+    if !matches {
+        tally.mismatches += 1;
+        if tally.mismatches <= 20 {
+            crate::txp!("MISMATCH phase={phase} access={what} va={va:#x} expected={expected:x?} got={outcome:x?}");
+        }
+    }
+}
+
+/// Finds a `ret` byte (0xC3) in the readable page at `va`.
+fn ret_byte(va: u64) -> Option<u64> {
+    // SAFETY: the caller read the page without a fault just before; it is RAM, identity or
+    // alias mapped, and only read here.
+    let page = unsafe { core::slice::from_raw_parts(va as *const u8, PAGE as usize) };
+    page.iter().position(|&b| b == 0xC3).map(|offset| va + offset as u64)
+}
+
+/// Probes every address in `vas` with the accesses that are safe there, under the probe
+/// phase, and checks each outcome against `expected`. `memory` classifies by physical
+/// address (the output address from the model).
+pub fn run(phase: &str, vas: &[u64], expected: &Expected, memory: &Memory) -> Tally {
+    let mut tally = Tally {
+        addresses: vas.len(),
+        ..Tally::default()
+    };
+    let _phase = probe::ProbePhase::enter();
+    for &va in vas {
+        let mapping = expected.at(va);
+        let access = Access::of(mapping);
+        let kind = mapping.map_or(Kind::Other, |(pa, _)| memory.kind(pa));
+        // Read: where it cannot have a side effect, or where it must fault.
+        if kind != Kind::Other || !access.present {
+            tally.reads += 1;
+            let outcome = probe::read(va);
+            let read_matched = matches!(
+                (expected_fault(access, 0), outcome),
+                (None, Outcome::Done(_)) | (Some(_), Outcome::PageFault { .. })
+            );
+            check(&mut tally, phase, "read", va, expected_fault(access, 0), outcome);
+            if !read_matched {
+                continue;
+            }
+        } else {
+            tally.skipped += 1;
+            continue;
+        }
+        // Write: to RAM (the value read is stored back), or where it must fault.
+        if kind == Kind::Ram || !access.present {
+            tally.writes += 1;
+            check(
+                &mut tally,
+                phase,
+                "write",
+                va,
+                expected_fault(access, PF_W),
+                probe::write(va),
+            );
+        }
+        // Execute: a call to a `ret` byte of a present RAM page, or the page's first byte
+        // where the read just faulted (the fetch must fault the same way).
+        let target = if !access.present {
+            Some(va)
+        } else if kind == Kind::Ram {
+            ret_byte(va)
+        } else {
+            None
+        };
+        match target {
+            Some(target) => {
+                tally.executes += 1;
+                check(
+                    &mut tally,
+                    phase,
+                    "execute",
+                    target,
+                    expected_fault(access, PF_ID),
+                    probe::execute(target),
+                );
+            }
+            None => tally.skipped += 1,
+        }
+    }
+    tally
+}
