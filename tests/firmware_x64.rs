@@ -144,6 +144,19 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
         "{installed_pass}"
     );
 
+    // Live changes: nothing stale with the library's invalidations, the split and merge
+    // happened, and the same sequence without invalidations was seen stale (negative control).
+    let live = tagged(&results, "LIVE")[0];
+    assert_eq!(field(live, "stale"), Some(0), "{live}");
+    assert!(field(live, "changes").expect("changes") >= 200, "{live}");
+    assert!(field(live, "tables_split").expect("split") >= 1, "{live}");
+    assert!(field(live, "tables_merged").expect("merged") >= 1, "{live}");
+    assert!(field(live, "invalidations").expect("invalidations") >= 200, "{live}");
+    assert!(field(live, "full_flushes").expect("full flushes") >= 1, "{live}");
+    let negative = tagged(&results, "NEGATIVE_LIVE")[0];
+    assert!(field(negative, "stale_reads").expect("stale reads") > 0, "{negative}");
+    assert_eq!(field(negative, "invalidations"), Some(0), "{negative}");
+
     // QEMU's own decoder agrees with the changes the application made.
     let (tlb, mem, ops) = tlb.expect("the application asked for the monitor cross-check");
     let saved = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/firmware");
@@ -155,12 +168,13 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
     let checked = compare_with_info_tlb(&model, &tlb, &present);
 
     println!(
-        "firmware_x64: build {:.1} s, boot {:.1} s; {}; info tlb: {} leaves, {} pages checked",
+        "firmware_x64: build {:.1} s, boot {:.1} s\n  {}\n  {live}\n  {negative}\n  info tlb: {} leaves, {} pages checked; info mem: {} ranges",
         build_time.as_secs_f64(),
         ending.took.as_secs_f64(),
-        passes.join(" | "),
+        passes.join("\n  "),
         checked.0,
-        checked.1
+        checked.1,
+        present.len()
     );
 }
 

@@ -13,6 +13,7 @@
 extern crate alloc;
 
 mod cpu;
+mod live;
 mod mmu;
 mod model;
 mod pages;
@@ -107,6 +108,12 @@ extern "sysv64" fn run() -> ! {
     } else {
         PagingType::Paging4Level
     };
+
+    // A 2 MiB-aligned buffer for the live changes, allocated before the memory map is read
+    // so the map (and so the protection batch) sees it as one LoaderData range.
+    let buffer = allocate_2mib_buffer();
+    live::fill(buffer);
+    txp!("BUFFER base={buffer:#x}");
 
     // The memory map and the loaded images.
     let descriptors = memory_map();
@@ -225,6 +232,37 @@ extern "sysv64" fn run() -> ! {
     let answered = serial::read_byte(MONITOR_WAIT_TICKS).is_some();
     txp!("MONITOR answered={}", u8::from(answered));
 
+    // Live changes, each followed by probes of what it touched; then the same sequence with
+    // every invalidation dropped, which must be seen as stale translations.
+    let real = live::run(&mut table, &mut model, buffer, false);
+    report_live("LIVE", &real);
+    failures += real.stale;
+    table.mmu().set_dropping(true);
+    let negative = live::run(&mut table, &mut model, buffer, true);
+    table.mmu().set_dropping(false);
+    cpu::reload_cr3();
+    report_live("NEGATIVE_LIVE", &negative);
+    if negative.stale == 0 {
+        failures += 1;
+        txp!("MISMATCH negative control: no stale translation seen without invalidations");
+    }
+    // The whole table again, after the live changes.
+    let wp = WriteProtect::enable();
+    let expected = Expected::new(&model);
+    let extra = [
+        buffer,
+        buffer + PAGE,
+        buffer + 2 * PAGE,
+        buffer + 4 * PAGE,
+        live::ALIAS,
+        guard,
+    ];
+    let vas = probes::addresses(&model, &expected, &extra, &mut rng, 1000);
+    let tally = probes::run("after-live", &vas, &expected, &memory);
+    report_tally("after-live", &tally);
+    failures += tally.mismatches;
+    drop(wp);
+
     // Back to the firmware's table and PAT.
     // SAFETY: the firmware's table is unchanged and maps everything it did at entry; its PAT
     // goes back first so no translation is cached with a mixed layout after the CR3 load.
@@ -271,6 +309,30 @@ fn report_tally(phase: &str, tally: &probes::Tally) {
         tally.mismatches,
         tally.skipped
     );
+}
+
+fn report_live(tag: &str, tally: &live::LiveTally) {
+    txp!(
+        "{tag} changes={} checks={} stale={} stale_reads={} tables_split={} tables_merged={} invalidations={} full_flushes={}",
+        tally.changes,
+        tally.checks,
+        tally.stale,
+        tally.stale_reads,
+        tally.tables_split,
+        tally.tables_merged,
+        tally.invalidations,
+        tally.full_flushes
+    );
+}
+
+/// A 2 MiB-aligned, 2 MiB LoaderData buffer (4 MiB allocated, the aligned half used).
+fn allocate_2mib_buffer() -> u64 {
+    const MIB2: u64 = 0x20_0000;
+    let pages = (2 * MIB2 / PAGE) as usize;
+    let base = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, pages)
+        .unwrap_or_else(|_| fail("buffer"))
+        .as_ptr() as u64;
+    (base + MIB2 - 1) & !(MIB2 - 1)
 }
 
 /// CR0, CR3, CR4, IA32_PAT and IA32_EFER.
