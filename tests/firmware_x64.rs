@@ -157,6 +157,47 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
     assert!(field(negative, "stale_reads").expect("stale reads") > 0, "{negative}");
     assert_eq!(field(negative, "invalidations"), Some(0), "{negative}");
 
+    // Several cores: every AP loaded the table and saw the alias; with the shootdown hook no
+    // AP read a stale frame, without it at least one did (negative control); the APs'
+    // requests through the mapping service equal their serial replay in queue order, and
+    // every AP reads the frame the last request mapped.
+    let mp = tagged(&results, "MP")[0];
+    let aps = field(mp, "aps").expect("aps");
+    assert_eq!(aps, 3, "{mp}");
+    let ap_lines = tagged(&results, "AP");
+    assert_eq!(
+        ap_lines.iter().filter(|l| l.contains("cr3_loaded=1")).count() as u64,
+        aps,
+        "{}",
+        context()
+    );
+    let shootdown = tagged(&results, "SHOOTDOWN")[0];
+    assert_eq!(field(shootdown, "stale"), Some(0), "{shootdown}");
+    assert_eq!(field(shootdown, "ap_reads"), Some(20 * aps), "{shootdown}");
+    assert_eq!(field(shootdown, "hook_ran"), Some(20), "{shootdown}");
+    let no_shootdown = tagged(&results, "NEGATIVE_SHOOTDOWN")[0];
+    assert!(field(no_shootdown, "stale").expect("stale") > 0, "{no_shootdown}");
+    let service = tagged(&results, "SERVICE")[0];
+    assert_eq!(field(service, "requests"), Some(12 * aps), "{service}");
+    assert_eq!(
+        field(service, "failed"),
+        Some(aps),
+        "one failing request per AP: {service}"
+    );
+    assert_eq!(field(service, "replay_mismatches"), Some(0), "{service}");
+    assert_eq!(field(service, "direct_ap_commits"), Some(1), "{service}");
+    let shared: Vec<&&str> = ap_lines.iter().filter(|l| l.contains("shared_frame=")).collect();
+    assert_eq!(shared.len() as u64, aps, "{}", context());
+    for line in &shared {
+        assert_eq!(field(line, "shared_frame"), field(line, "expected"), "{line}");
+    }
+    assert_eq!(
+        field(tagged(&results, "MP").last().expect("MP"), "aps_returned"),
+        Some(1),
+        "{}",
+        context()
+    );
+
     // QEMU's own decoder agrees with the changes the application made.
     let (tlb, mem, ops) = tlb.expect("the application asked for the monitor cross-check");
     let saved = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/firmware");
@@ -168,10 +209,11 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
     let checked = compare_with_info_tlb(&model, &tlb, &present);
 
     println!(
-        "firmware_x64: build {:.1} s, boot {:.1} s\n  {}\n  {live}\n  {negative}\n  info tlb: {} leaves, {} pages checked; info mem: {} ranges",
+        "firmware_x64: build {:.1} s, boot {:.1} s\n  {}\n  {live}\n  {negative}\n  {mp}\n  {}\n  {shootdown}\n  {no_shootdown}\n  {service}\n  info tlb: {} leaves, {} pages checked; info mem: {} ranges",
         build_time.as_secs_f64(),
         ending.took.as_secs_f64(),
         passes.join("\n  "),
+        ap_lines.join("\n  "),
         checked.0,
         checked.1,
         present.len()

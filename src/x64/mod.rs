@@ -196,6 +196,19 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
         ))
     }
 
+    /// What installing this table programs: IA32_PAT = [`PAT_LAYOUT`], IA32_EFER.NXE, and CR3
+    /// = the root. [`PageTable::install_page_table`] does it on the calling CPU; every other
+    /// CPU that is to use the table needs the same (IA32_PAT and IA32_EFER are per-CPU MSRs,
+    /// SDM 11.12.2), for example `X64Mmu::new().install(&table.install_request())` on each AP.
+    pub fn install_request(&self) -> InstallRequest {
+        InstallRequest::X64 {
+            root: self.root(),
+            five_level: self.paging_type == PagingType::Paging5Level,
+            pat: PAT_LAYOUT,
+            nx: true,
+        }
+    }
+
     /// Physical address of the root table (the value for CR3).
     pub fn root(&self) -> u64 {
         self.tables.root()
@@ -360,13 +373,7 @@ impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
     }
 
     fn install_page_table(&self) -> Result<(), PtError> {
-        let request = InstallRequest::X64 {
-            root: self.root(),
-            five_level: self.paging_type == PagingType::Paging5Level,
-            pat: PAT_LAYOUT,
-            nx: true,
-        };
-        self.tables.tlb().install(&request)?;
+        self.tables.tlb().install(&self.install_request())?;
         self.tables.set_live(true);
         Ok(())
     }

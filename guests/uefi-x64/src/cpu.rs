@@ -80,12 +80,6 @@ pub fn apic_id() -> u32 {
     ebx >> 24
 }
 
-/// Invalidates the TLB entry for `va` on this core.
-pub fn invlpg(va: u64) {
-    // SAFETY: INVLPG only drops cached translations.
-    unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) };
-}
-
 /// Reloads CR3 with its own value: drops every non-global translation of this core.
 pub fn reload_cr3() {
     // SAFETY: the table stays the same; only cached translations are dropped.

@@ -13,9 +13,11 @@
 extern crate alloc;
 
 mod cpu;
+mod heap;
 mod live;
 mod mmu;
 mod model;
+mod mp;
 mod pages;
 mod pe;
 mod probe;
@@ -77,6 +79,7 @@ static mut STACK_GUARD: u64 = 0;
 #[entry]
 fn main() -> Status {
     uefi::helpers::init().expect("uefi helpers");
+    heap::set_bsp();
     let pages = 1 + STACK_PAGES as usize;
     let stack = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, pages).expect("stack");
     let guard = stack.as_ptr() as u64;
@@ -246,6 +249,12 @@ extern "sysv64" fn run() -> ! {
         failures += 1;
         txp!("MISMATCH negative control: no stale translation seen without invalidations");
     }
+    // Several cores on the table: APs load it, the BSP commits with shootdowns (and once
+    // without, the negative control), the APs submit to the mapping service.
+    let (table_back, mp_report) = mp::run(table, &mut model, buffer);
+    let table = table_back;
+    failures += mp_report.failures;
+
     // The whole table again, after the live changes.
     let wp = WriteProtect::enable();
     let expected = Expected::new(&model);

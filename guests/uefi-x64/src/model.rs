@@ -65,7 +65,8 @@ impl Change {
         }
     }
 
-    /// The inverse of `fields`.
+    /// The inverse of `fields` (the host test's replay uses it).
+    #[allow(dead_code)]
     pub fn from_fields(kind: &str, va: u64, pa: u64, size: u64, attributes: u64) -> Option<Self> {
         match kind {
             "map" => Some(Self::Map {
@@ -142,11 +143,6 @@ impl Model {
 
     pub fn changes(&self) -> &[Change] {
         &self.changes
-    }
-
-    /// Drops the last `count` changes (a transaction that failed changed nothing).
-    pub fn truncate(&mut self, len: usize) {
-        self.changes.truncate(len);
     }
 
     /// The output address and attributes at `va`, or `None` if unmapped.
