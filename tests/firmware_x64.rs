@@ -416,3 +416,110 @@ fn compare_with_info_tlb(model: &Model, tlb: &str, present: &[(u64, u64, bool)])
     );
     (leaves.len(), pages)
 }
+
+/// The cross-check with QEMU's monitor is itself checked: on `info tlb`/`info mem` text in
+/// QEMU's format it accepts the replay that matches and rejects replays that differ in an
+/// output address, a permission, a cache bit or presence (the negative control of the
+/// comparison, without QEMU).
+#[test]
+fn monitor_cross_check_rejects_a_replay_that_differs() {
+    use uefi_attr::{RO, UC, XP};
+    // A 2 MiB page (RW, UC: PCD|PWT), a 4 KiB read-only NX page and a 4 KiB page aliased to
+    // another frame, as QEMU 7.2 prints them.
+    let tlb = "\
+0000000000200000: 0000000000200000 --P-ACT-W
+0000000000400000: 0000000000400000 X---A----
+0000000000401000: 0000000000800000 ---D----W
+(qemu) ";
+    let mem = "\
+0000000000200000-0000000000400000 0000000000200000 -rw
+0000000000400000-0000000000401000 0000000000001000 -r-
+0000000000401000-0000000000402000 0000000000001000 -rw
+(qemu) ";
+    let changes = [
+        Change::Map {
+            va: 0x20_0000,
+            pa: 0x20_0000,
+            size: 0x20_0000,
+            attributes: UC,
+        },
+        Change::Map {
+            va: 0x40_0000,
+            pa: 0x40_0000,
+            size: 0x1000,
+            attributes: RO | XP,
+        },
+        Change::Map {
+            va: 0x40_1000,
+            pa: 0x80_0000,
+            size: 0x1000,
+            attributes: 0,
+        },
+    ];
+    let model_of = |changes: &[Change]| {
+        let mut model = Model::new();
+        for change in changes {
+            model.push(*change);
+        }
+        model
+    };
+    let check = |changes: &[Change]| {
+        let model = model_of(changes);
+        std::panic::catch_unwind(|| {
+            let present = parse_info_mem(mem);
+            compare_with_info_mem(&model, &present);
+            compare_with_info_tlb(&model, tlb, &present)
+        })
+    };
+    assert_eq!(check(&changes).expect("the matching replay passes").0, 3);
+    let perturbations: [(usize, Change); 5] = [
+        (
+            0,
+            Change::Map {
+                va: 0x20_0000,
+                pa: 0x20_0000,
+                size: 0x20_0000,
+                attributes: 0,
+            },
+        ), // cache
+        (
+            1,
+            Change::Map {
+                va: 0x40_0000,
+                pa: 0x40_0000,
+                size: 0x1000,
+                attributes: RO,
+            },
+        ), // NX
+        (
+            1,
+            Change::Map {
+                va: 0x40_0000,
+                pa: 0x40_0000,
+                size: 0x1000,
+                attributes: XP,
+            },
+        ), // R/W
+        (
+            2,
+            Change::Map {
+                va: 0x40_1000,
+                pa: 0x90_0000,
+                size: 0x1000,
+                attributes: 0,
+            },
+        ), // address
+        (
+            2,
+            Change::Unmap {
+                va: 0x40_1000,
+                size: 0x1000,
+            },
+        ), // presence
+    ];
+    for (index, perturbed) in perturbations {
+        let mut wrong = changes;
+        wrong[index] = perturbed;
+        assert!(check(&wrong).is_err(), "a replay with {perturbed:x?} must be rejected");
+    }
+}

@@ -329,3 +329,28 @@ fn full_flush_toggles_global_pages_when_cr4_pge_is_set() {
     assert_eq!(full_flush(0x0000_0020), FullFlush::ReloadCr3);
     assert_eq!(full_flush(0x0000_00a0), FullFlush::ToggleGlobalPages);
 }
+
+/// What the firmware application gives each AP: exactly what `install_page_table` programs on
+/// the calling CPU (IA32_PAT and IA32_EFER are per-CPU MSRs).
+#[test]
+fn install_request_is_what_install_page_table_programs() {
+    use txpaging::{MmuOp, PageTable};
+    let table = X64PageTable::with_mmu(
+        HostPages::default(),
+        PagingType::Paging4Level,
+        X64Config { one_gib_pages: true },
+        RecordingMmu::new(),
+    )
+    .expect("table");
+    table.install_page_table().expect("install");
+    assert_eq!(table.mmu().log(), [MmuOp::Install(table.install_request())]);
+    assert_eq!(
+        table.install_request(),
+        txpaging::InstallRequest::X64 {
+            root: table.root(),
+            five_level: false,
+            pat: txpaging::x64::PAT_LAYOUT,
+            nx: true
+        }
+    );
+}
