@@ -1,4 +1,4 @@
-//! txpaging inside real UEFI firmware: `guests/uefi-x64` (a UEFI application on the `uefi`
+//! txpaging inside real UEFI firmware: `guests/uefi` (a UEFI application on the `uefi`
 //! crate) boots under OVMF on `qemu-system-x86_64 -M q35 -cpu max -smp 4`, adopts the
 //! firmware's table, builds and installs its own with the library's `install_page_table`,
 //! keeps the firmware running on it, probes it, changes it live and shares it with the APs.
@@ -15,7 +15,7 @@
 extern crate alloc;
 
 mod firmware_support;
-#[path = "../guests/uefi-x64/src/model.rs"]
+#[path = "../guests/uefi/src/model.rs"]
 #[allow(dead_code)]
 mod model;
 
@@ -38,7 +38,7 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
     ) else {
         return;
     };
-    let (efi, build_time) = firmware_support::build_application("uefi-x64");
+    let (efi, build_time) = firmware_support::build_application("x86_64");
     let scratch = Scratch::new("x64");
     let esp = scratch.esp(&efi, "BOOTX64.EFI");
     let args: Vec<String> = [
@@ -204,9 +204,9 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
     let _ = std::fs::write(saved.join("info-tlb-x64.txt"), &tlb);
     let _ = std::fs::write(saved.join("info-mem-x64.txt"), &mem);
     let model = replay(&results, ops);
-    let present = parse_info_mem(&mem);
-    compare_with_info_mem(&model, &present);
-    let checked = compare_with_info_tlb(&model, &tlb, &present);
+    let present = parse_info_mem(&mem).unwrap_or_else(|e| panic!("{e}"));
+    compare_with_info_mem(&model, &present).unwrap_or_else(|e| panic!("{e}"));
+    let checked = compare_with_info_tlb(&model, &tlb, &present).unwrap_or_else(|e| panic!("{e}"));
 
     println!(
         "firmware_x64: build {:.1} s, boot {:.1} s\n  {}\n  {live}\n  {negative}\n  {mp}\n  {}\n  {shootdown}\n  {no_shootdown}\n  {service}\n  info tlb: {} leaves, {} pages checked; info mem: {} ranges",
@@ -252,7 +252,7 @@ fn pat_index(attributes: u64) -> u64 {
 }
 
 /// `info mem`'s present ranges, `start-end size prot` (prot: `u`/`-`, `r`, `w`/`-`), merged.
-fn parse_info_mem(mem: &str) -> Vec<(u64, u64, bool)> {
+fn parse_info_mem(mem: &str) -> Result<Vec<(u64, u64, bool)>, String> {
     let mut ranges: Vec<(u64, u64, bool)> = Vec::new();
     for line in mem.lines() {
         let mut words = line.split_whitespace();
@@ -274,13 +274,15 @@ fn parse_info_mem(mem: &str) -> Vec<(u64, u64, bool)> {
             _ => ranges.push((start, end, writable)),
         }
     }
-    assert!(!ranges.is_empty(), "no ranges in `info mem`:\n{mem}");
-    ranges
+    if ranges.is_empty() {
+        return Err(format!("no ranges in `info mem`:\n{mem}"));
+    }
+    Ok(ranges)
 }
 
 /// The model's present pages, as merged `(start, end, writable)` ranges, equal what
 /// `info mem` lists.
-fn compare_with_info_mem(model: &Model, present: &[(u64, u64, bool)]) {
+fn compare_with_info_mem(model: &Model, present: &[(u64, u64, bool)]) -> Result<(), String> {
     let mut expected: Vec<(u64, u64, bool)> = Vec::new();
     for (start, end, mapping) in model.runs() {
         let Some((_, attributes)) = mapping else { continue };
@@ -295,19 +297,20 @@ fn compare_with_info_mem(model: &Model, present: &[(u64, u64, bool)]) {
     }
     if expected != present {
         let first = expected.iter().zip(present).find(|(a, b)| a != b);
-        panic!(
+        return Err(format!(
             "`info mem` ({} ranges) differs from the model's present pages ({} ranges); first difference: {first:x?}",
             present.len(),
             expected.len()
-        );
+        ));
     }
+    Ok(())
 }
 
 /// Checks every leaf `info tlb` lists against the model, and that every page the model
 /// says is present is listed. A large leaf (`P`) at a 1 GiB boundary is a 1 GiB page when
 /// `info mem` shows the whole GiB present and `info tlb` lists nothing else inside it.
 /// Returns (leaves, 4 KiB pages checked).
-fn compare_with_info_tlb(model: &Model, tlb: &str, present: &[(u64, u64, bool)]) -> (usize, u64) {
+fn compare_with_info_tlb(model: &Model, tlb: &str, present: &[(u64, u64, bool)]) -> Result<(usize, u64), String> {
     const PAGE: u64 = 4096;
     // `VA: PA FLAGS`, FLAGS = X G P D A C T U W or '-' (QEMU's target/i386/monitor.c): P is
     // PS, shown for large leaves only (a PTE's bit 7, its PAT bit, is masked off), so the
@@ -330,7 +333,9 @@ fn compare_with_info_tlb(model: &Model, tlb: &str, present: &[(u64, u64, bool)])
         }
         leaves.push((va, pa, flags.as_bytes().to_vec()));
     }
-    assert!(!leaves.is_empty(), "no leaves in `info tlb`:\n{tlb}");
+    if leaves.is_empty() {
+        return Err(format!("no leaves in `info tlb`:\n{tlb}"));
+    }
     leaves.sort_unstable_by_key(|leaf| leaf.0);
     let runs = model.runs();
     let expect = |va: u64| model::lookup(&runs, va);
@@ -408,13 +413,14 @@ fn compare_with_info_tlb(model: &Model, tlb: &str, present: &[(u64, u64, bool)])
             }
         }
     }
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches between QEMU's `info tlb` and the model, first ones:\n{}",
-        mismatches.len(),
-        mismatches.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
-    );
-    (leaves.len(), pages)
+    if !mismatches.is_empty() {
+        return Err(format!(
+            "{} mismatches between QEMU's `info tlb` and the model, first ones:\n{}",
+            mismatches.len(),
+            mismatches.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    Ok((leaves.len(), pages))
 }
 
 /// The cross-check with QEMU's monitor is itself checked: on `info tlb`/`info mem` text in
@@ -465,11 +471,9 @@ fn monitor_cross_check_rejects_a_replay_that_differs() {
     };
     let check = |changes: &[Change]| {
         let model = model_of(changes);
-        std::panic::catch_unwind(|| {
-            let present = parse_info_mem(mem);
-            compare_with_info_mem(&model, &present);
-            compare_with_info_tlb(&model, tlb, &present)
-        })
+        let present = parse_info_mem(mem)?;
+        compare_with_info_mem(&model, &present)?;
+        compare_with_info_tlb(&model, tlb, &present)
     };
     assert_eq!(check(&changes).expect("the matching replay passes").0, 3);
     let perturbations: [(usize, Change); 5] = [

@@ -70,15 +70,16 @@ pub fn prerequisites(test: &str, qemu: &str, firmware: &str, packages: &str) -> 
     None
 }
 
-/// Builds the application whose `build.sh` is at `guests/<name>/build.sh`; returns the
+/// Builds `guests/uefi` for `arch` (`x86_64` or `aarch64`) with its `build.sh`; returns the
 /// `.efi` path and the build's wall time.
-pub fn build_application(name: &str) -> (PathBuf, Duration) {
+pub fn build_application(arch: &str) -> (PathBuf, Duration) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("guests").join(name).join("build.sh");
+    let script = root.join("guests").join("uefi").join("build.sh");
     let target_dir = root.join("target").join("firmware");
     let start = Instant::now();
     let output = Command::new("bash")
         .arg(&script)
+        .arg(arch)
         .arg(&target_dir)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));

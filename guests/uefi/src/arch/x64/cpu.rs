@@ -86,6 +86,18 @@ pub fn reload_cr3() {
     unsafe { write_cr3(read_cr3()) };
 }
 
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: used for COM1's data port and isa-debug-exit only.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+}
+
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: used for COM1's registers only; reading them has no effect beyond the UART.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
 /// Tells QEMU's isa-debug-exit device (port 0xf4) to exit with status `(code << 1) | 1`.
 pub fn qemu_exit(code: u8) -> ! {
     loop {

@@ -24,12 +24,12 @@ static BSP: AtomicU32 = AtomicU32::new(u32::MAX);
 
 /// Records the calling CPU as the bootstrap processor.
 pub fn set_bsp() {
-    BSP.store(crate::cpu::apic_id(), Ordering::SeqCst);
+    BSP.store(crate::arch::cpu_id(), Ordering::SeqCst);
 }
 
 fn on_bsp() -> bool {
     let bsp = BSP.load(Ordering::Relaxed);
-    bsp == u32::MAX || bsp == crate::cpu::apic_id()
+    bsp == u32::MAX || bsp == crate::arch::cpu_id()
 }
 
 fn in_arena(ptr: *mut u8) -> bool {

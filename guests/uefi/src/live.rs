@@ -5,15 +5,15 @@
 //! holds the old translation; a missing INVLPG or CR3 reload then shows as a stale read,
 //! write or fetch.
 //!
-//! Every page of the buffer starts with its own physical address XOR `MAGIC` and is `ret`
-//! bytes after that: a read tells which frame a translation reached, a call at offset 8
-//! whether the page executes.
+//! Every page of the buffer starts with its own physical address XOR `MAGIC` and is return
+//! instructions after that: a read tells which frame a translation reached, a call at
+//! offset 8 whether the page executes.
 
 use core::sync::atomic::Ordering;
 
+use crate::arch::{probe, Table};
 use crate::model::{uefi_attr, Access, Change, Model};
-use crate::probe::{self, Outcome};
-use crate::Table;
+use crate::probes::{expected_fault, Outcome, FAULT_FETCH, FAULT_WRITE};
 
 const PAGE: u64 = 4096;
 const MIB2: u64 = 0x20_0000;
@@ -26,15 +26,15 @@ const REMAPS: usize = 200;
 const WIDE: u64 = 64;
 
 /// Fills the 2 MiB buffer at `buffer`: each page's first qword is its address ^ MAGIC, the
-/// rest `ret` bytes.
+/// rest return instructions.
 pub fn fill(buffer: u64) {
     for page in (buffer..buffer + MIB2).step_by(PAGE as usize) {
         // SAFETY: the buffer is the application's LoaderData allocation, identity mapped.
-        unsafe {
-            core::ptr::write_bytes(page as *mut u8, 0xC3, PAGE as usize);
-            (page as *mut u64).write_volatile(page ^ MAGIC);
-        }
+        let bytes = unsafe { core::slice::from_raw_parts_mut(page as *mut u8, PAGE as usize) };
+        crate::arch::fill_with_returns(bytes);
+        bytes[..8].copy_from_slice(&(page ^ MAGIC).to_le_bytes());
     }
+    crate::arch::sync_instructions(buffer, MIB2);
 }
 
 /// What the live run saw.
@@ -121,23 +121,16 @@ impl Run<'_> {
             let read = probe::read(va);
             let read_ok = match (read, mapping) {
                 (Outcome::Done(value), Some((pa, _))) if access.present => value == pa ^ MAGIC,
-                (Outcome::PageFault { error: 0, cr2 }, _) if !access.present => cr2 == va,
+                (Outcome::Fault { code: 0, address }, _) if !access.present => address == va,
                 _ => false,
             };
-            let write_ok = match probe::write(va + 8) {
-                Outcome::Done(_) => access.writable,
-                Outcome::PageFault { error, cr2 } => {
-                    cr2 == va + 8 && !access.writable && error == if access.present { 3 } else { 2 }
-                }
-                Outcome::Other(_) => false,
+            let as_expected = |kind: u64, outcome: Outcome, at: u64| match (expected_fault(access, kind), outcome) {
+                (None, Outcome::Done(_)) => true,
+                (Some(code), Outcome::Fault { code: got, address }) => code == got && address == at,
+                _ => false,
             };
-            let execute_ok = match probe::execute(va + 8) {
-                Outcome::Done(_) => access.executable,
-                Outcome::PageFault { error, cr2 } => {
-                    cr2 == va + 8 && !access.executable && error == if access.present { 0x11 } else { 0x10 }
-                }
-                Outcome::Other(_) => false,
-            };
+            let write_ok = as_expected(FAULT_WRITE, probe::write(va + 8), va + 8);
+            let execute_ok = as_expected(FAULT_FETCH, probe::execute(va + 8), va + 8);
             if !(read_ok && write_ok && execute_ok) {
                 self.tally.stale += 1;
                 self.tally.stale_reads += usize::from(!read_ok);

@@ -12,9 +12,7 @@
 //! and acknowledges. An IPI would need an interrupt handler on every AP and the local APIC
 //! programmed behind the firmware's back, for the same guarantee here.
 //!
-//! # The critical section
-//! `critical-section`'s implementation for multi-core UEFI: interrupts masked on this core
-//! plus a spinlock owned by one core at a time (by APIC ID), re-entrant on its owner.
+//! The critical section is `crate::sync`'s.
 
 use core::ffi::c_void;
 use core::future::Future;
@@ -27,10 +25,10 @@ use txpaging::{FlushBatch, InstallRequest, Mmu, Op, SharedTable, Tlb, TxnError};
 use uefi::boot::{self, EventType, Tpl};
 use uefi::proto::pi::mp::MpServices;
 
-use crate::cpu;
+use super::cpu;
 use crate::live::MAGIC;
 use crate::model::{uefi_attr, Change, Model};
-use crate::Table;
+use crate::arch::Table;
 
 pub const MAX_CPUS: usize = 8;
 const PAGE: u64 = 4096;
@@ -48,47 +46,9 @@ type Shared = SharedTable<Table, Hook>;
 
 static SERVICE: MappingService<8, 4> = MappingService::new(8);
 
-// ---- the critical section ------------------------------------------------------------
-
-struct MpCriticalSection;
-critical_section::set_impl!(MpCriticalSection);
-
-const NO_OWNER: u32 = u32::MAX;
-static CS_OWNER: AtomicU32 = AtomicU32::new(NO_OWNER);
-static CS_DEPTH: AtomicU32 = AtomicU32::new(0);
-
-// SAFETY: acquire masks interrupts on this core and takes a spinlock shared by all cores
-// (re-entrant for its owner, counted); release undoes both in reverse order, so at most one
-// core runs inside a section at a time and a nested section on the owner is harmless.
-unsafe impl critical_section::Impl for MpCriticalSection {
-    unsafe fn acquire() -> bool {
-        let interrupts = cpu::disable_interrupts();
-        let me = cpu::apic_id();
-        if CS_OWNER.load(Ordering::Acquire) == me {
-            CS_DEPTH.fetch_add(1, Ordering::Relaxed);
-            return interrupts;
-        }
-        while CS_OWNER
-            .compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
-        }
-        CS_DEPTH.store(1, Ordering::Relaxed);
-        interrupts
-    }
-
-    unsafe fn release(interrupts: bool) {
-        if CS_DEPTH.fetch_sub(1, Ordering::Relaxed) == 1 {
-            CS_OWNER.store(NO_OWNER, Ordering::Release);
-        }
-        cpu::restore_interrupts(interrupts);
-    }
-}
-
 // ---- the shootdown ---------------------------------------------------------------------
 
-static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_OWNER) }; MAX_CPUS];
+static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
 static ACTIVE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 static ACK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -388,13 +348,8 @@ fn wait(mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// What the multi-core phase saw.
-pub struct MpReport {
-    pub failures: usize,
-}
-
-/// The multi-core phase. Takes the table, shares it, gives it back.
-pub fn run(table: Table, model: &mut Model, buffer: u64) -> (Table, MpReport) {
+/// The multi-core phase. Takes the table, shares it, gives it back with the failure count.
+pub fn run(table: Table, model: &mut Model, buffer: u64) -> (Table, usize) {
     let mut failures = 0;
     let mut table = table;
     let (frame_a, frame_b) = (buffer + 0x18_0000, buffer + 0x19_0000);
@@ -617,5 +572,5 @@ pub fn run(table: Table, model: &mut Model, buffer: u64) -> (Table, MpReport) {
     failures += usize::from(!returned);
     let _ = boot::close_event(finished);
     TABLE.store(core::ptr::null_mut(), Ordering::SeqCst);
-    (shared.into_inner(), MpReport { failures })
+    (shared.into_inner(), failures)
 }

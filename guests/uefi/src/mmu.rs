@@ -1,15 +1,15 @@
-//! The application's MMU: txpaging's real `X64Mmu` (INVLPG, CR3 or CR4.PGE flush, IA32_PAT,
-//! EFER.NXE, CR3 at install), counted, with a switch that drops every invalidation. The
-//! switch exists for the negative controls: with it on, a live change must be seen stale.
+//! The application's MMU: txpaging's real one (`X64Mmu`: INVLPG, CR3 or CR4.PGE flush,
+//! IA32_PAT, EFER.NXE, CR3 at install; `Aarch64Mmu`: TLBI, DSB, ISB, MAIR/TCR/TTBR0),
+//! counted, with a switch that drops every invalidation. The switch exists for the
+//! negative controls: with it on, a live change must be seen stale.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use txpaging::x64::X64Mmu;
 use txpaging::{Barrier, InstallRequest, Mmu, PtError, Tlb};
 
 #[derive(Default)]
-pub struct AppMmu {
-    real: X64Mmu,
+pub struct AppMmu<M> {
+    real: M,
     drop_invalidations: AtomicBool,
     pub page_invalidations: AtomicU64,
     pub full_flushes: AtomicU64,
@@ -17,7 +17,7 @@ pub struct AppMmu {
     pub installs: AtomicU64,
 }
 
-impl AppMmu {
+impl<M> AppMmu<M> {
     pub fn set_dropping(&self, dropping: bool) {
         self.drop_invalidations.store(dropping, Ordering::SeqCst);
     }
@@ -32,7 +32,7 @@ impl AppMmu {
     }
 }
 
-impl Tlb for AppMmu {
+impl<M: Tlb> Tlb for AppMmu<M> {
     fn invalidate_page(&self, va: u64) {
         if !self.dropping() {
             self.page_invalidations.fetch_add(1, Ordering::Relaxed);
@@ -52,7 +52,7 @@ impl Tlb for AppMmu {
     }
 }
 
-impl Mmu for AppMmu {
+impl<M: Mmu> Mmu for AppMmu<M> {
     fn install(&self, request: &InstallRequest) -> Result<(), PtError> {
         self.installs.fetch_add(1, Ordering::Relaxed);
         self.real.install(request)

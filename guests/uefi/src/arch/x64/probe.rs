@@ -121,26 +121,19 @@ extern "sysv64" fn txp_unexpected_exception() -> ! {
         TXP_LAST_RIP.load(Ordering::Relaxed),
         TXP_LAST_CR2.load(Ordering::Relaxed)
     );
-    crate::cpu::qemu_exit(3)
+    super::cpu::qemu_exit(3)
 }
 
-/// What one access did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Completed (a read also gives the qword it read).
-    Done(u64),
-    /// A page fault with this error code and CR2.
-    PageFault { error: u64, cr2: u64 },
-    /// Another exception (vector).
-    Other(u64),
-}
+use crate::probes::Outcome;
 
+/// The outcome of the fault the handler just recorded: a #PF's error code bits P, W/R and
+/// I/D (SDM Vol. 3A, 4.7) are the normalized fault code; anything else is another vector.
 fn fault() -> Outcome {
     let vector = TXP_LAST_VECTOR.load(Ordering::Relaxed);
     if vector == 14 {
-        Outcome::PageFault {
-            error: TXP_LAST_ERROR.load(Ordering::Relaxed),
-            cr2: TXP_LAST_CR2.load(Ordering::Relaxed),
+        Outcome::Fault {
+            code: TXP_LAST_ERROR.load(Ordering::Relaxed) & 0x1F,
+            address: TXP_LAST_CR2.load(Ordering::Relaxed),
         }
     } else {
         Outcome::Other(vector)
@@ -199,7 +192,7 @@ pub struct ProbePhase {
 
 impl ProbePhase {
     pub fn enter() -> Self {
-        let interrupts = crate::cpu::disable_interrupts();
+        let interrupts = super::cpu::disable_interrupts();
         let mut firmware = Idtr { limit: 0, base: 0 };
         // SAFETY: SIDT stores 10 bytes into `firmware`.
         unsafe { asm!("sidt [{}]", in(reg) &mut firmware, options(nostack, preserves_flags)) };
@@ -239,6 +232,6 @@ impl Drop for ProbePhase {
         };
         // SAFETY: restores the IDT the firmware had when the phase began.
         unsafe { asm!("lidt [{}]", in(reg) &firmware, options(nostack, preserves_flags)) };
-        crate::cpu::restore_interrupts(self.interrupts);
+        super::cpu::restore_interrupts(self.interrupts);
     }
 }

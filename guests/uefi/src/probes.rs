@@ -3,26 +3,39 @@
 
 use alloc::vec::Vec;
 
+use crate::arch::probe;
 use crate::model::{self, Access, Mapping, Model, Run};
-use crate::probe::{self, Outcome};
 
 const PAGE: u64 = 4096;
 const MIB2: u64 = 0x20_0000;
 const GIB: u64 = 0x4000_0000;
 
-/// #PF error code bits (SDM Vol. 3A, 4.7): P, W/R, U/S, RSVD, I/D.
-const PF_P: u64 = 1 << 0;
-const PF_W: u64 = 1 << 1;
-const PF_ID: u64 = 1 << 4;
+/// A fault's normalized code, laid out like the X64 #PF error code (SDM Vol. 3A, 4.7): the
+/// access hit a present entry (a permission fault; clear: a translation fault), it was a
+/// write, it was an instruction fetch. AArch64 derives the same bits from ESR (D17.2.37).
+pub const FAULT_PRESENT: u64 = 1 << 0;
+pub const FAULT_WRITE: u64 = 1 << 1;
+pub const FAULT_FETCH: u64 = 1 << 4;
+
+/// What one access did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Completed (a read also gives the qword it read).
+    Done(u64),
+    /// A translation or permission fault with its normalized code, at `address`.
+    Fault { code: u64, address: u64 },
+    /// Another exception (the architecture's vector or syndrome).
+    Other(u64),
+}
 
 /// What the UEFI memory map says is at an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// RAM: reads have no side effect, and a write that stores the value read is harmless.
     Ram,
-    /// MMIO known to read without side effects on q35 (local APIC, IOAPIC, HPET, flash,
-    /// ECAM), and addresses no device decodes (above both RAM and 4 GiB: this machine has
-    /// no 64-bit BARs), where reads return all ones.
+    /// MMIO known to read without side effects (`arch::QUIET_MMIO`), and addresses no
+    /// device decodes (above both RAM and `arch::UNASSIGNED_FROM`), where reads return all
+    /// ones or zeros.
     QuietMmio,
     /// Anything else: touched only where a fault is expected.
     Other,
@@ -43,15 +56,9 @@ impl Memory {
             .map(|r| r.1)
             .max()
             .unwrap_or(0);
-        let unassigned = ram_top.max(GIB * 4);
-        for quiet in [
-            (0xFEE0_0000, 0xFEE0_1000),
-            (0xFEC0_0000, 0xFEC0_1000),
-            (0xFED0_0000, 0xFED0_1000),
-            (0xFFC0_0000, 0x1_0000_0000),
-            (0xB000_0000, 0xC000_0000),
-        ] {
-            ranges.push((quiet.0, quiet.1, Kind::QuietMmio));
+        let unassigned = ram_top.max(crate::arch::UNASSIGNED_FROM);
+        for &(start, end) in crate::arch::QUIET_MMIO {
+            ranges.push((start, end, Kind::QuietMmio));
         }
         ranges.sort_unstable_by_key(|r| r.0);
         Self { ranges, unassigned }
@@ -172,14 +179,15 @@ pub struct Tally {
     pub skipped: usize,
 }
 
-fn expected_fault(access: Access, kind: u64) -> Option<u64> {
-    // kind: 0 read, PF_W write, PF_ID fetch.
+/// The normalized fault code an access of `kind` (0 read, `FAULT_WRITE`, `FAULT_FETCH`)
+/// must raise where the model says `access`, or `None` if it must complete.
+pub fn expected_fault(access: Access, kind: u64) -> Option<u64> {
     if !access.present {
         return Some(kind);
     }
     match kind {
-        PF_W if !access.writable => Some(PF_P | PF_W),
-        PF_ID if !access.executable => Some(PF_P | PF_ID),
+        FAULT_WRITE if !access.writable => Some(FAULT_PRESENT | FAULT_WRITE),
+        FAULT_FETCH if !access.executable => Some(FAULT_PRESENT | FAULT_FETCH),
         _ => None,
     }
 }
@@ -187,10 +195,10 @@ fn expected_fault(access: Access, kind: u64) -> Option<u64> {
 fn check(tally: &mut Tally, phase: &str, what: &str, va: u64, expected: Option<u64>, outcome: Outcome) {
     let matches = match (expected, outcome) {
         (None, Outcome::Done(_)) => true,
-        (Some(error), Outcome::PageFault { error: got, cr2 }) => got == error && cr2 == va,
+        (Some(code), Outcome::Fault { code: got, address }) => got == code && address == va,
         _ => false,
     };
-    if matches!(outcome, Outcome::PageFault { .. }) {
+    if matches!(outcome, Outcome::Fault { .. }) {
         tally.faults += 1;
     }
     if !matches {
@@ -201,12 +209,12 @@ fn check(tally: &mut Tally, phase: &str, what: &str, va: u64, expected: Option<u
     }
 }
 
-/// Finds a `ret` byte (0xC3) in the readable page at `va`.
-fn ret_byte(va: u64) -> Option<u64> {
+/// Finds a return instruction in the readable page at `va`.
+fn return_in(va: u64) -> Option<u64> {
     // SAFETY: the caller read the page without a fault just before; it is RAM, identity or
     // alias mapped, and only read here.
     let page = unsafe { core::slice::from_raw_parts(va as *const u8, PAGE as usize) };
-    page.iter().position(|&b| b == 0xC3).map(|offset| va + offset as u64)
+    crate::arch::find_return(page).map(|offset| va + offset as u64)
 }
 
 /// Probes every address in `vas` with the accesses that are safe there, under the probe
@@ -228,7 +236,7 @@ pub fn run(phase: &str, vas: &[u64], expected: &Expected, memory: &Memory) -> Ta
             let outcome = probe::read(va);
             let read_matched = matches!(
                 (expected_fault(access, 0), outcome),
-                (None, Outcome::Done(_)) | (Some(_), Outcome::PageFault { .. })
+                (None, Outcome::Done(_)) | (Some(_), Outcome::Fault { .. })
             );
             check(&mut tally, phase, "read", va, expected_fault(access, 0), outcome);
             if !read_matched {
@@ -246,16 +254,16 @@ pub fn run(phase: &str, vas: &[u64], expected: &Expected, memory: &Memory) -> Ta
                 phase,
                 "write",
                 va,
-                expected_fault(access, PF_W),
+                expected_fault(access, FAULT_WRITE),
                 probe::write(va),
             );
         }
-        // Execute: a call to a `ret` byte of a present RAM page, or the page's first byte
-        // where the read just faulted (the fetch must fault the same way).
+        // Execute: a call to a return instruction of a present RAM page, or to the page's
+        // start where the read just faulted (the fetch must fault the same way).
         let target = if !access.present {
             Some(va)
         } else if kind == Kind::Ram {
-            ret_byte(va)
+            return_in(va)
         } else {
             None
         };
@@ -267,7 +275,7 @@ pub fn run(phase: &str, vas: &[u64], expected: &Expected, memory: &Memory) -> Ta
                     phase,
                     "execute",
                     target,
-                    expected_fault(access, PF_ID),
+                    expected_fault(access, FAULT_FETCH),
                     probe::execute(target),
                 );
             }

@@ -26,7 +26,7 @@ pub struct FirmwarePages {
 impl FirmwarePages {
     pub fn new() -> Self {
         Self {
-            bsp_apic_id: crate::cpu::apic_id(),
+            bsp_apic_id: crate::arch::cpu_id(),
             reserve: [0; RESERVE],
             reserved: 0,
             in_use: 0,
@@ -36,7 +36,7 @@ impl FirmwarePages {
     }
 
     fn on_bsp(&self) -> bool {
-        self.boot_services && crate::cpu::apic_id() == self.bsp_apic_id
+        self.boot_services && crate::arch::cpu_id() == self.bsp_apic_id
     }
 
     /// Fills the reserve up to `pages` pages from boot services (BSP only).
@@ -49,10 +49,6 @@ impl FirmwarePages {
         Ok(())
     }
 
-    /// Pages in the reserve.
-    pub fn reserved(&self) -> usize {
-        self.reserved
-    }
 }
 
 fn allocate() -> Result<u64, PtError> {

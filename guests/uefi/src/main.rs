@@ -1,80 +1,50 @@
-//! txpaging inside OVMF: a UEFI application that builds a table from the firmware's own
-//! (adopted with `from_existing_with_layout` under the IA32_PAT in force) and the memory
-//! map, applies a DXE-style protection batch as one transaction, installs it with the
-//! library's `install_page_table`, keeps using boot services on it, probes it, changes it
-//! live, shares it with the APs, and restores the firmware's CR3 and PAT before it exits.
+//! txpaging inside UEFI firmware (OVMF on q35, AAVMF on virt): a UEFI application that
+//! builds a table from the firmware's own (adopted from CR3 / TTBR0 under the attribute
+//! layout in force) and the memory map, applies a DXE-style protection batch as one
+//! transaction, installs it with the library's `install_page_table`, keeps using boot
+//! services on it, probes it, changes it live, shares it with the other cores, and restores
+//! the firmware's registers before it exits.
 //!
-//! Results go to COM1 as `TXP ` lines (see `serial`), read by `tests/firmware_x64.rs`;
-//! the exit status goes through QEMU's isa-debug-exit device.
+//! Results go to the serial port as `TXP ` lines (see `serial`), read by
+//! `tests/firmware_x64.rs` and `tests/firmware_aarch64.rs`. Everything that differs between
+//! the architectures is in `arch`.
 
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
-mod cpu;
+mod arch;
 mod heap;
 mod live;
 mod mmu;
 mod model;
-mod mp;
 mod pages;
 mod pe;
-mod probe;
 mod probes;
 mod serial;
+mod sync;
 
 use alloc::vec::Vec;
-use core::arch::global_asm;
 
-use txpaging::x64::existing::ExistingLayout;
-use txpaging::x64::{X64Config, X64PageTable};
-use txpaging::{MemoryAttributes, Op, PageTable, PagingType, RecordingMmu, TxnError};
+use txpaging::{MemoryAttributes, Op, TxnError};
 use uefi::boot::{self, AllocateType, OpenProtocolAttributes, OpenProtocolParams};
 use uefi::mem::memory_map::{MemoryMap, MemoryType};
 use uefi::prelude::*;
 use uefi::proto::loaded_image::LoadedImage;
 
+use arch::Table;
 use model::{uefi_attr, Change, Model};
-use pages::{FirmwarePages, ReadOnlyPages};
 use probes::{Expected, Kind, Memory, Rng};
-
-/// The table under test.
-pub type Table = X64PageTable<FirmwarePages, mmu::AppMmu>;
 
 const PAGE: u64 = 4096;
 /// Pages of the application's own stack, above one guard page.
 const STACK_PAGES: u64 = 64;
+/// How long to wait for the host's monitor cross-check.
+const MONITOR_WAIT_SECONDS: u64 = 60;
 
-/// How long to wait for the host's monitor cross-check (time-stamp-counter ticks; about a
-/// minute at QEMU's nominal frequency).
-const MONITOR_WAIT_TICKS: u64 = 120_000_000_000;
-
-/// Exit codes for isa-debug-exit: QEMU exits with `(code << 1) | 1`.
-const EXIT_PASS: u8 = 0x10;
-const EXIT_FAIL: u8 = 0x11;
-
-global_asm!(
-    r#"
-    .text
-    .global txp_call_on_stack
-txp_call_on_stack:
-    push rbp
-    mov rbp, rsp
-    mov rsp, rdi
-    call rsi
-    mov rsp, rbp
-    pop rbp
-    ret
-"#
-);
-
-extern "sysv64" {
-    fn txp_call_on_stack(top: u64, body: extern "sysv64" fn() -> !) -> !;
-}
-
-/// Where the application's stack and its guard page are.
-static mut STACK_GUARD: u64 = 0;
+/// The application's stack guard page.
+static STACK_GUARD: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 #[entry]
 fn main() -> Status {
@@ -83,34 +53,19 @@ fn main() -> Status {
     let pages = 1 + STACK_PAGES as usize;
     let stack = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, pages).expect("stack");
     let guard = stack.as_ptr() as u64;
-    // SAFETY: written once, before anything reads it.
-    unsafe { STACK_GUARD = guard };
+    STACK_GUARD.store(guard, core::sync::atomic::Ordering::SeqCst);
     // SAFETY: the new stack is ours (LoaderData pages), 16-byte aligned at its top, and
-    // `run` never returns to this frame.
-    unsafe { txp_call_on_stack(guard + pages as u64 * PAGE, run) }
+    // `run` never returns.
+    unsafe { arch::run_on_stack(guard + pages as u64 * PAGE) }
 }
 
-/// The whole run on the application's own stack.
-extern "sysv64" fn run() -> ! {
+/// The whole run, on the application's own stack.
+pub fn run() -> ! {
     let mut failures = 0usize;
-    // SAFETY: written before `run` was called.
-    let guard = unsafe { STACK_GUARD };
-    txp!("BEGIN arch=x64 stack_guard={guard:#x}");
-    let entry = Registers::read();
-    txp!(
-        "ENTRY cr0={:#x} cr3={:#x} cr4={:#x} pat={:#x} efer={:#x} wp={}",
-        entry.cr0,
-        entry.cr3,
-        entry.cr4,
-        entry.pat,
-        entry.efer,
-        u8::from(entry.cr0 & cpu::CR0_WP != 0)
-    );
-    let paging_type = if entry.cr4 & (1 << 12) != 0 {
-        PagingType::Paging5Level
-    } else {
-        PagingType::Paging4Level
-    };
+    let guard = STACK_GUARD.load(core::sync::atomic::Ordering::SeqCst);
+    txp!("BEGIN arch={} stack_guard={guard:#x}", arch::NAME);
+    let entry = arch::Entry::read();
+    entry.report();
 
     // A 2 MiB-aligned buffer for the live changes, allocated before the memory map is read
     // so the map (and so the protection batch) sees it as one LoaderData range.
@@ -124,44 +79,14 @@ extern "sysv64" fn run() -> ! {
     let images = loaded_images();
     txp!("IMAGES count={}", images.len());
 
-    // The firmware's live table, adopted under the IA32_PAT in force.
-    let layout = ExistingLayout::current();
-    // SAFETY: CR3 holds the firmware's live table, identity mapped; nothing changes it while
-    // this application reads it (it only calls boot services that do not remap).
-    let adopted = unsafe {
-        X64PageTable::from_existing_with_layout(
-            entry.cr3 & 0x000F_FFFF_FFFF_F000,
-            ReadOnlyPages,
-            paging_type,
-            X64Config::detect(),
-            RecordingMmu::new(),
-            layout,
-        )
-    };
-    let (firmware, summary) = match adopted {
-        Ok(adopted) => adopted,
-        Err(error) => fail(&alloc::format!("adopt: {error}")),
-    };
-    let firmware_regions: Vec<_> = firmware.regions().collect();
-    txp!(
-        "ADOPT tables={} leaves={} global_leaves={} regions={} max_phys_bits={}",
-        summary.table_pages,
-        summary.leaves,
-        summary.global_leaves,
-        firmware_regions.len(),
-        layout.max_phys_bits
-    );
+    // The firmware's live table, adopted under the attribute layout in force.
+    let (firmware_regions, summary) = arch::adopt(&entry).unwrap_or_else(|e| fail(&alloc::format!("adopt: {e}")));
+    txp!("ADOPT {summary}");
 
     // The new table: everything the firmware maps, plus what the memory map lists that the
     // firmware's table does not map.
     let mut model = Model::new();
-    let mut table: Table = X64PageTable::with_mmu(
-        FirmwarePages::new(),
-        paging_type,
-        X64Config::detect(),
-        mmu::AppMmu::default(),
-    )
-    .unwrap_or_else(|e| fail(&alloc::format!("new table: {e}")));
+    let mut table: Table = arch::new_table(&entry).unwrap_or_else(|e| fail(&alloc::format!("new table: {e}")));
     let mut build: Vec<Change> = firmware_regions
         .iter()
         .map(|r| Change::Map {
@@ -173,7 +98,11 @@ extern "sysv64" fn run() -> ! {
         .collect();
     for &(ty, start, end, _) in &descriptors {
         for (gap_start, gap_end) in uncovered(&firmware_regions, start, end) {
-            let attributes = if is_ram(ty) { 0 } else { uefi_attr::UC | uefi_attr::XP };
+            let attributes = if is_ram(ty) {
+                arch::RAM_CACHE
+            } else {
+                uefi_attr::UC | uefi_attr::XP
+            };
             build.push(Change::Map {
                 va: gap_start,
                 pa: gap_start,
@@ -188,27 +117,8 @@ extern "sysv64" fn run() -> ! {
     let batch = protection_batch(&descriptors, &images, guard);
     commit(&mut table, &mut model, &batch, "protect");
 
-    // Install with the library's own install: IA32_PAT, EFER.NXE, CR3.
-    if let Err(error) = table.install_page_table() {
-        fail(&alloc::format!("install: {error}"));
-    }
-    let installed = Registers::read();
-    txp!(
-        "INSTALLED cr3={:#x} pat={:#x} efer={:#x} root={:#x} table_pages={}",
-        installed.cr3,
-        installed.pat,
-        installed.efer,
-        table.root(),
-        table.table_pages()
-    );
-    if installed.cr3 & 0x000F_FFFF_FFFF_F000 != table.root() || installed.pat != txpaging::x64::PAT_LAYOUT {
-        failures += 1;
-        txp!("MISMATCH install registers");
-    }
-    if installed.efer & (1 << 11) == 0 {
-        failures += 1;
-        txp!("MISMATCH EFER.NXE clear after install");
-    }
+    // Install with the library's own install.
+    failures += arch::install(&table);
 
     // The firmware keeps working on our table.
     failures += boot_services_still_work();
@@ -220,19 +130,19 @@ extern "sysv64" fn run() -> ! {
             .map(|&(ty, start, end, _)| (start, end, if is_ram(ty) { Kind::Ram } else { Kind::Other }))
             .collect(),
     );
-    let mut rng = Rng::new(entry.cr3 ^ 0x7478_7061_6769_6e67);
-    let wp = WriteProtect::enable();
+    let mut rng = Rng::new(entry.seed());
+    let setup = arch::ProbeSetup::enter();
     let expected = Expected::new(&model);
     let vas = probes::addresses(&model, &expected, &[0, guard, guard + PAGE], &mut rng, 3000);
     let tally = probes::run("installed", &vas, &expected, &memory);
     report_tally("installed", &tally);
     failures += tally.mismatches;
-    drop(wp);
+    drop(setup);
 
-    // QEMU's own decoder: the host reads `info tlb` through the monitor while this CPU
+    // QEMU's own decoder: the host reads the monitor's view of the tables while this CPU
     // waits here on the installed table, then answers on the serial port.
     txp!("MONITOR ready ops={}", model.changes().len());
-    let answered = serial::read_byte(MONITOR_WAIT_TICKS).is_some();
+    let answered = serial::read_byte(MONITOR_WAIT_SECONDS).is_some();
     txp!("MONITOR answered={}", u8::from(answered));
 
     // Live changes, each followed by probes of what it touched; then the same sequence with
@@ -243,20 +153,19 @@ extern "sysv64" fn run() -> ! {
     table.mmu().set_dropping(true);
     let negative = live::run(&mut table, &mut model, buffer, true);
     table.mmu().set_dropping(false);
-    cpu::reload_cr3();
+    arch::flush_local();
     report_live("NEGATIVE_LIVE", &negative);
     if negative.stale == 0 {
         failures += 1;
         txp!("MISMATCH negative control: no stale translation seen without invalidations");
     }
-    // Several cores on the table: APs load it, the BSP commits with shootdowns (and once
-    // without, the negative control), the APs submit to the mapping service.
-    let (table_back, mp_report) = mp::run(table, &mut model, buffer);
-    let table = table_back;
-    failures += mp_report.failures;
+
+    // Several cores on the table.
+    let (table, mp_failures) = arch::mp::run(table, &mut model, buffer);
+    failures += mp_failures;
 
     // The whole table again, after the live changes.
-    let wp = WriteProtect::enable();
+    let setup = arch::ProbeSetup::enter();
     let expected = Expected::new(&model);
     let extra = [
         buffer,
@@ -264,47 +173,37 @@ extern "sysv64" fn run() -> ! {
         buffer + 2 * PAGE,
         buffer + 4 * PAGE,
         live::ALIAS,
+        arch::mp::ALIAS,
+        arch::mp::SHARED_PAGE,
         guard,
     ];
     let vas = probes::addresses(&model, &expected, &extra, &mut rng, 1000);
     let tally = probes::run("after-live", &vas, &expected, &memory);
     report_tally("after-live", &tally);
     failures += tally.mismatches;
-    drop(wp);
+    drop(setup);
 
-    // Back to the firmware's table and PAT.
-    // SAFETY: the firmware's table is unchanged and maps everything it did at entry; its PAT
-    // goes back first so no translation is cached with a mixed layout after the CR3 load.
-    unsafe {
-        cpu::write_msr(cpu::IA32_PAT, entry.pat);
-        cpu::write_cr3(entry.cr3);
-    }
-    let restored = Registers::read();
-    txp!("RESTORED cr3={:#x} pat={:#x}", restored.cr3, restored.pat);
-    if restored.cr3 != entry.cr3 || restored.pat != entry.pat {
-        failures += 1;
-    }
+    // Back to the firmware's table.
+    failures += arch::restore(&entry);
     let pages = table.allocator();
+    let counter = |c: &core::sync::atomic::AtomicU64| c.load(core::sync::atomic::Ordering::Relaxed);
     txp!(
         "PAGES in_use={} freed={} table_pages={} invalidations={} full_flushes={} installs={}",
         pages.in_use,
         pages.freed,
         table.table_pages(),
-        table
-            .mmu()
-            .page_invalidations
-            .load(core::sync::atomic::Ordering::Relaxed),
-        table.mmu().full_flushes.load(core::sync::atomic::Ordering::Relaxed),
-        table.mmu().installs.load(core::sync::atomic::Ordering::Relaxed)
+        counter(&table.mmu().page_invalidations),
+        counter(&table.mmu().full_flushes),
+        counter(&table.mmu().installs)
     );
     txp!("END failures={failures}");
-    cpu::qemu_exit(if failures == 0 { EXIT_PASS } else { EXIT_FAIL })
+    arch::exit(failures == 0)
 }
 
 /// Reports a fatal error and ends the run.
-fn fail(message: &str) -> ! {
+pub fn fail(message: &str) -> ! {
     txp!("FATAL {message}");
-    cpu::qemu_exit(EXIT_FAIL)
+    arch::exit(false)
 }
 
 fn report_tally(phase: &str, tally: &probes::Tally) {
@@ -342,48 +241,6 @@ fn allocate_2mib_buffer() -> u64 {
         .unwrap_or_else(|_| fail("buffer"))
         .as_ptr() as u64;
     (base + MIB2 - 1) & !(MIB2 - 1)
-}
-
-/// CR0, CR3, CR4, IA32_PAT and IA32_EFER.
-#[derive(Debug, Clone, Copy)]
-struct Registers {
-    cr0: u64,
-    cr3: u64,
-    cr4: u64,
-    pat: u64,
-    efer: u64,
-}
-
-impl Registers {
-    fn read() -> Self {
-        Self {
-            cr0: cpu::read_cr0(),
-            cr3: cpu::read_cr3(),
-            cr4: cpu::read_cr4(),
-            pat: cpu::read_msr(cpu::IA32_PAT),
-            efer: cpu::read_msr(cpu::IA32_EFER),
-        }
-    }
-}
-
-/// CR0.WP set for the probes (supervisor writes honour read-only pages, SDM 4.6.1), and
-/// put back as the firmware had it.
-struct WriteProtect(u64);
-
-impl WriteProtect {
-    fn enable() -> Self {
-        let cr0 = cpu::read_cr0();
-        // SAFETY: WP only makes supervisor writes honour R/W; the probes expect that.
-        unsafe { cpu::write_cr0(cr0 | cpu::CR0_WP) };
-        Self(cr0)
-    }
-}
-
-impl Drop for WriteProtect {
-    fn drop(&mut self) {
-        // SAFETY: restores the firmware's CR0.
-        unsafe { cpu::write_cr0(self.0) };
-    }
 }
 
 /// `(type, start, end, attribute)` of every descriptor.
@@ -511,7 +368,7 @@ fn protection_batch(descriptors: &[(u32, u64, u64, u64)], images: &[(u64, u64)],
 }
 
 /// The txpaging op of a change.
-fn op_of(change: &Change) -> Op {
+pub fn op_of(change: &Change) -> Op {
     let attributes = |bits: u64| MemoryAttributes::from_bits_retain(bits);
     match *change {
         Change::Map {
