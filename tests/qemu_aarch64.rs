@@ -463,7 +463,7 @@ fn random_layouts(config: (bool, bool), test: &'static str) {
     let _replay = Replay(test);
     let mut totals = Totals::new();
     let (three_level, one_gib_blocks) = config;
-    let target = Aarch64Target::build(
+    let target = <Aarch64Target>::build(
         Aarch64Cfg {
             three_level,
             one_gib_blocks,
