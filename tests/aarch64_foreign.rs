@@ -521,6 +521,21 @@ fn a_txpaging_table_is_adopted_back_under_our_mair_at_both_levels() {
         }
         .unwrap();
         assert_eq!(got, want, "{}", R::NAME);
+        // Adopted in place under MAIR_LAYOUT: every index agrees, nothing is misread.
+        // SAFETY: as above; the adopted table only reads, and is dropped before `t`.
+        let adopted = unsafe {
+            Aarch64PageTable::from_existing_with_mair(
+                t.root(),
+                Lent(t.allocator()),
+                PagingType::Paging4Level,
+                Aarch64Config::default(),
+                RecordingMmu::new(),
+                regime,
+                MAIR_LAYOUT,
+            )
+        }
+        .unwrap_or_else(|e| panic!("{}: {e}", R::NAME));
+        assert_eq!(adopted.regions().collect::<Vec<_>>(), want, "{}", R::NAME);
     }
     round_trip(El1);
     round_trip(El2);
