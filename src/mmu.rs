@@ -33,6 +33,17 @@ pub enum InstallRequest {
         /// The TTBR0_EL1 value: the root table's physical address, ASID 0.
         ttbr0: u64,
     },
+    /// AArch64 (non-VHE EL2 regime): program MAIR_EL2, TCR_EL2 and TTBR0_EL2 with these values
+    /// (see `txpaging::aarch64` for the sequence; it ends with `TLBI ALLE2IS`).
+    Aarch64El2 {
+        /// The MAIR_EL2 value matching the encoding ([`MAIR_LAYOUT`](crate::aarch64::MAIR_LAYOUT)).
+        mair: u64,
+        /// The TCR_EL2 value ([`tcr_el2`](crate::aarch64::tcr_el2)): HCR_EL2.E2H = 0 layout,
+        /// PS rather than IPS, RES1 bits 31 and 23.
+        tcr: u64,
+        /// The TTBR0_EL2 value: the root table's physical address.
+        ttbr0: u64,
+    },
 }
 
 /// TLB maintenance plus installing a table. Implemented by the real MMU of a target

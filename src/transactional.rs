@@ -68,7 +68,7 @@ impl<P: PageAllocator, M: Mmu> TransactionalTable for X64PageTable<P, M> {
     }
 }
 
-impl<P: PageAllocator, M: Mmu> TransactionalTable for Aarch64PageTable<P, M> {
+impl<P: PageAllocator, M: Mmu, R: crate::aarch64::Regime> TransactionalTable for Aarch64PageTable<P, M, R> {
     const BROADCAST_INVALIDATION: bool = true;
 
     fn plan_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Plan, TxnError> {

@@ -1,13 +1,15 @@
 //! AArch64 bad input, one test per class: the exact error (and for transactions the exact
 //! op index), the table bit-for-bit unchanged, no page leaked, no TLB maintenance and no
-//! barrier issued, on a table under construction and on an installed (live) one.
+//! barrier issued, on a table under construction and on an installed (live) one, for the
+//! EL1&0 and the EL2 regime (every class runs for both).
 
+use txpaging::aarch64::{El1, El2, Regime};
 use txpaging::{
     Aarch64Config, Aarch64PageTable, MappedRegion, MemoryAttributes as MA, PageAllocator, PagePool, PageTable,
     PagingType, PtError, RecordingMmu, TxnError, X64Config, X64PageTable,
 };
 
-type Table = Aarch64PageTable<PagePool, RecordingMmu>;
+type Table<R = El1> = Aarch64PageTable<PagePool, RecordingMmu, R>;
 
 const KIB4: u64 = 0x1000;
 const MIB2: u64 = 0x20_0000;
@@ -29,9 +31,15 @@ fn alias(paging: PagingType) -> u64 {
 /// 0..4 MiB write-back (two 2 MiB blocks), 0x40_0000..0x40_3000 device execute-never
 /// (pages), 0x100_0000..0x100_2000 write-back, 2 MiB + 4 KiB of PA 0x1000_0000 aliased at
 /// `alias`. 0x40_3000..0x100_0000 is unmapped. `live`: installed, so commits are phased.
-fn fixture(paging: PagingType, live: bool) -> Table {
-    let mut t =
-        Aarch64PageTable::with_mmu(PagePool::new(64), paging, Aarch64Config::default(), RecordingMmu::new()).unwrap();
+fn fixture<R: Regime>(paging: PagingType, live: bool) -> Table<R> {
+    let mut t = Aarch64PageTable::with_regime(
+        PagePool::new(64),
+        paging,
+        Aarch64Config::default(),
+        RecordingMmu::new(),
+        R::default(),
+    )
+    .unwrap();
     fill(&mut t, paging);
     if live {
         t.install_page_table().unwrap();
@@ -40,7 +48,7 @@ fn fixture(paging: PagingType, live: bool) -> Table {
     t
 }
 
-fn fill<P: PageAllocator>(t: &mut Aarch64PageTable<P, RecordingMmu>, paging: PagingType) {
+fn fill<P: PageAllocator, R: Regime>(t: &mut Aarch64PageTable<P, RecordingMmu, R>, paging: PagingType) {
     t.map_memory_region(0, 2 * MIB2, MA::Writeback).unwrap();
     t.map_memory_region(0x40_0000, 0x3000, MA::Uncached | MA::ExecuteProtect)
         .unwrap();
@@ -51,10 +59,10 @@ fn fill<P: PageAllocator>(t: &mut Aarch64PageTable<P, RecordingMmu>, paging: Pag
 }
 
 /// Both modes, each fresh and installed.
-fn fixtures() -> impl Iterator<Item = (PagingType, Table)> {
+fn fixtures<R: Regime>() -> impl Iterator<Item = (PagingType, Table<R>)> {
     [PagingType::Paging3Level, PagingType::Paging4Level]
         .into_iter()
-        .flat_map(|paging| [false, true].map(|live| (paging, fixture(paging, live))))
+        .flat_map(|paging| [false, true].map(|live| (paging, fixture::<R>(paging, live))))
 }
 
 /// Everything observable about a table.
@@ -66,7 +74,7 @@ struct Snapshot {
     regions: Vec<MappedRegion>,
 }
 
-fn snapshot(t: &Table) -> Snapshot {
+fn snapshot<R: Regime>(t: &Table<R>) -> Snapshot {
     let pool = t.allocator();
     Snapshot {
         root: t.root(),
@@ -77,7 +85,7 @@ fn snapshot(t: &Table) -> Snapshot {
 }
 
 /// The table is as `before`, nothing leaked, nothing freed twice, no TLB maintenance or barrier.
-fn assert_unchanged(t: &Table, before: &Snapshot) {
+fn assert_unchanged<R: Regime>(t: &Table<R>, before: &Snapshot) {
     let after = snapshot(t);
     assert!(after == *before, "table changed:\nbefore {before:x?}\nafter {after:x?}");
     assert_eq!(t.allocator().live_pages(), t.table_pages(), "a page leaked");
@@ -86,7 +94,7 @@ fn assert_unchanged(t: &Table, before: &Snapshot) {
 }
 
 /// `va`/`size` is a bad range: every entry point fails with `error` and changes nothing.
-fn assert_bad_range(t: &mut Table, va: u64, size: u64, error: PtError) {
+fn assert_bad_range<R: Regime>(t: &mut Table<R>, va: u64, size: u64, error: PtError) {
     let before = snapshot(t);
     let what = format!("va {va:#x} size {size:#x}");
     assert_eq!(t.map_memory_region(va, size, MA::Writeback), Err(error), "map {what}");
@@ -121,7 +129,12 @@ fn assert_bad_range(t: &mut Table, va: u64, size: u64, error: PtError) {
 
 #[test]
 fn unaligned_address_is_unaligned_address() {
-    for (paging, mut t) in fixtures() {
+    unaligned_address_is_unaligned_address_in::<El1>();
+    unaligned_address_is_unaligned_address_in::<El2>();
+}
+
+fn unaligned_address_is_unaligned_address_in<R: Regime>() {
+    for (paging, mut t) in fixtures::<R>() {
         for va in [0x1, 0x800, 0x40_0FFF, 0x60_0010, alias(paging) + 8] {
             assert_bad_range(&mut t, va, KIB4, PtError::UnalignedAddress);
         }
@@ -130,7 +143,12 @@ fn unaligned_address_is_unaligned_address() {
 
 #[test]
 fn unaligned_size_is_unaligned_memory_range() {
-    for (_, mut t) in fixtures() {
+    unaligned_size_is_unaligned_memory_range_in::<El1>();
+    unaligned_size_is_unaligned_memory_range_in::<El2>();
+}
+
+fn unaligned_size_is_unaligned_memory_range_in<R: Regime>() {
+    for (_, mut t) in fixtures::<R>() {
         for size in [0x1, 0xFFF, 0x1001, MIB2 + 0x800, u64::MAX] {
             assert_bad_range(&mut t, 0, size, PtError::UnalignedMemoryRange);
         }
@@ -139,7 +157,12 @@ fn unaligned_size_is_unaligned_memory_range() {
 
 #[test]
 fn size_zero_is_invalid_memory_range() {
-    for (paging, mut t) in fixtures() {
+    size_zero_is_invalid_memory_range_in::<El1>();
+    size_zero_is_invalid_memory_range_in::<El2>();
+}
+
+fn size_zero_is_invalid_memory_range_in<R: Regime>() {
+    for (paging, mut t) in fixtures::<R>() {
         for va in [0, 0x40_0000, 0x60_0000, alias(paging)] {
             assert_bad_range(&mut t, va, 0, PtError::InvalidMemoryRange);
         }
@@ -150,7 +173,12 @@ fn size_zero_is_invalid_memory_range() {
 
 #[test]
 fn address_plus_size_overflowing_2_pow_64_is_addition_overflow() {
-    for (paging, mut t) in fixtures() {
+    address_plus_size_overflowing_2_pow_64_is_addition_overflow_in::<El1>();
+    address_plus_size_overflowing_2_pow_64_is_addition_overflow_in::<El2>();
+}
+
+fn address_plus_size_overflowing_2_pow_64_is_addition_overflow_in<R: Regime>() {
+    for (paging, mut t) in fixtures::<R>() {
         assert_bad_range(&mut t, 0xFFFF_FFFF_FFFF_F000, 2 * KIB4, PtError::AdditionOverflow);
         assert_bad_range(&mut t, 2 * KIB4, 0xFFFF_FFFF_FFFF_F000, PtError::AdditionOverflow);
         assert_bad_range(&mut t, alias(paging), 0xFFFF_FFFF_FFFF_F000, PtError::AdditionOverflow);
@@ -159,7 +187,12 @@ fn address_plus_size_overflowing_2_pow_64_is_addition_overflow() {
 
 #[test]
 fn beyond_the_va_size_is_invalid_memory_range() {
-    for (paging, mut t) in fixtures() {
+    beyond_the_va_size_is_invalid_memory_range_in::<El1>();
+    beyond_the_va_size_is_invalid_memory_range_in::<El2>();
+}
+
+fn beyond_the_va_size_is_invalid_memory_range_in<R: Regime>() {
+    for (paging, mut t) in fixtures::<R>() {
         let end = 1u64 << va_bits(paging);
         assert_bad_range(&mut t, end, KIB4, PtError::InvalidMemoryRange);
         assert_bad_range(&mut t, end - KIB4, 2 * KIB4, PtError::InvalidMemoryRange);
@@ -172,7 +205,7 @@ fn beyond_the_va_size_is_invalid_memory_range() {
         assert_eq!(t.translate(end - KIB4 + 0x10), Some((0x5010, MA::Writeback)));
     }
     // Control: what 3 levels reject, 4 levels map.
-    let mut t = fixture(PagingType::Paging4Level, false);
+    let mut t = fixture::<R>(PagingType::Paging4Level, false);
     t.map_aliased_memory_region(1 << 39, 0x6000, KIB4, MA::Uncached)
         .unwrap();
     assert_eq!(t.query_memory_region(1 << 39, KIB4), Ok(MA::Uncached));
@@ -180,7 +213,12 @@ fn beyond_the_va_size_is_invalid_memory_range() {
 
 #[test]
 fn upper_bits_set_ttbr1_addresses_are_invalid_memory_range() {
-    for (_, mut t) in fixtures() {
+    upper_bits_set_ttbr1_addresses_are_invalid_memory_range_in::<El1>();
+    upper_bits_set_ttbr1_addresses_are_invalid_memory_range_in::<El2>();
+}
+
+fn upper_bits_set_ttbr1_addresses_are_invalid_memory_range_in<R: Regime>() {
+    for (_, mut t) in fixtures::<R>() {
         for va in [
             0xFFFF_FFFF_FFFF_F000, // the last TTBR1 page
             0xFFFF_8000_0000_0000, // 48-bit TTBR1 start
@@ -197,7 +235,7 @@ fn upper_bits_set_ttbr1_addresses_are_invalid_memory_range() {
 
 /// `attributes` are bad for a map: map, aliased map (and the transaction form) fail with
 /// `error`; nothing changes. With `for_protect`, protect fails the same way.
-fn assert_bad_attributes(t: &mut Table, attributes: MA, error: PtError, for_protect: bool) {
+fn assert_bad_attributes<R: Regime>(t: &mut Table<R>, attributes: MA, error: PtError, for_protect: bool) {
     let before = snapshot(t);
     let what = format!("{attributes:?}");
     assert_eq!(
@@ -232,7 +270,12 @@ fn assert_bad_attributes(t: &mut Table, attributes: MA, error: PtError, for_prot
 
 #[test]
 fn map_without_a_cache_attribute_is_incompatible_memory_attributes() {
-    for (_, mut t) in fixtures() {
+    map_without_a_cache_attribute_is_incompatible_memory_attributes_in::<El1>();
+    map_without_a_cache_attribute_is_incompatible_memory_attributes_in::<El2>();
+}
+
+fn map_without_a_cache_attribute_is_incompatible_memory_attributes_in<R: Regime>() {
+    for (_, mut t) in fixtures::<R>() {
         for attributes in [
             MA::empty(),
             MA::ReadOnly,
@@ -249,7 +292,12 @@ fn map_without_a_cache_attribute_is_incompatible_memory_attributes() {
 
 #[test]
 fn more_than_one_cache_attribute_is_incompatible_memory_attributes() {
-    for (_, mut t) in fixtures() {
+    more_than_one_cache_attribute_is_incompatible_memory_attributes_in::<El1>();
+    more_than_one_cache_attribute_is_incompatible_memory_attributes_in::<El2>();
+}
+
+fn more_than_one_cache_attribute_is_incompatible_memory_attributes_in<R: Regime>() {
+    for (_, mut t) in fixtures::<R>() {
         for attributes in [
             MA::Uncached | MA::Writeback,
             MA::WriteCombining | MA::WriteThrough,
@@ -264,7 +312,12 @@ fn more_than_one_cache_attribute_is_incompatible_memory_attributes() {
 
 #[test]
 fn unknown_attribute_bits_are_invalid_parameter() {
-    for (_, mut t) in fixtures() {
+    unknown_attribute_bits_are_invalid_parameter_in::<El1>();
+    unknown_attribute_bits_are_invalid_parameter_in::<El2>();
+}
+
+fn unknown_attribute_bits_are_invalid_parameter_in<R: Regime>() {
+    for (_, mut t) in fixtures::<R>() {
         // Unknown bits are reported before a wrong number of cache attributes.
         for bits in [
             0x8000,
@@ -280,7 +333,7 @@ fn unknown_attribute_bits_are_invalid_parameter() {
 }
 
 /// `va`/`size` is well formed but not (fully) mapped: unmap and protect fail with NoMapping.
-fn assert_not_mapped(t: &mut Table, va: u64, size: u64) {
+fn assert_not_mapped<R: Regime>(t: &mut Table<R>, va: u64, size: u64) {
     let before = snapshot(t);
     let what = format!("va {va:#x} size {size:#x}");
     assert_eq!(t.unmap_memory_region(va, size), Err(PtError::NoMapping), "unmap {what}");
@@ -312,7 +365,12 @@ fn assert_not_mapped(t: &mut Table, va: u64, size: u64) {
 
 #[test]
 fn unmapping_or_protecting_what_is_not_mapped_is_no_mapping() {
-    for (paging, mut t) in fixtures() {
+    unmapping_or_protecting_what_is_not_mapped_is_no_mapping_in::<El1>();
+    unmapping_or_protecting_what_is_not_mapped_is_no_mapping_in::<El2>();
+}
+
+fn unmapping_or_protecting_what_is_not_mapped_is_no_mapping_in<R: Regime>() {
+    for (paging, mut t) in fixtures::<R>() {
         let a = alias(paging);
         // Fully unmapped: inside an empty L3 table, an empty L2 slot, an empty L1 slot.
         assert_not_mapped(&mut t, 0x40_3000, KIB4);
@@ -332,7 +390,7 @@ fn unmapping_or_protecting_what_is_not_mapped_is_no_mapping() {
 }
 
 /// An aliased map of `pa` fails with `error` and changes nothing.
-fn assert_bad_physical(t: &mut Table, pa: u64, size: u64, error: PtError) {
+fn assert_bad_physical<R: Regime>(t: &mut Table<R>, pa: u64, size: u64, error: PtError) {
     let before = snapshot(t);
     let what = format!("pa {pa:#x} size {size:#x}");
     assert_eq!(
@@ -351,7 +409,12 @@ fn assert_bad_physical(t: &mut Table, pa: u64, size: u64, error: PtError) {
 
 #[test]
 fn aliased_pa_unaligned_is_unaligned_page_base() {
-    for (_, mut t) in fixtures() {
+    aliased_pa_unaligned_is_unaligned_page_base_in::<El1>();
+    aliased_pa_unaligned_is_unaligned_page_base_in::<El2>();
+}
+
+fn aliased_pa_unaligned_is_unaligned_page_base_in<R: Regime>() {
+    for (_, mut t) in fixtures::<R>() {
         for pa in [0x1, 0x800, 0x1000_0FFF, (1u64 << 48) - 8] {
             assert_bad_physical(&mut t, pa, KIB4, PtError::UnalignedPageBase);
         }
@@ -360,7 +423,12 @@ fn aliased_pa_unaligned_is_unaligned_page_base() {
 
 #[test]
 fn aliased_pa_beyond_48_bits_is_invalid_memory_range() {
-    for (_, mut t) in fixtures() {
+    aliased_pa_beyond_48_bits_is_invalid_memory_range_in::<El1>();
+    aliased_pa_beyond_48_bits_is_invalid_memory_range_in::<El2>();
+}
+
+fn aliased_pa_beyond_48_bits_is_invalid_memory_range_in<R: Regime>() {
+    for (_, mut t) in fixtures::<R>() {
         assert_bad_physical(&mut t, 1 << 48, KIB4, PtError::InvalidMemoryRange);
         assert_bad_physical(&mut t, (1 << 48) - KIB4, 2 * KIB4, PtError::InvalidMemoryRange);
         assert_bad_physical(&mut t, (1 << 48) - GIB, GIB + MIB2, PtError::InvalidMemoryRange);
@@ -376,7 +444,12 @@ fn aliased_pa_beyond_48_bits_is_invalid_memory_range() {
 
 #[test]
 fn query_of_partly_unmapped_is_no_mapping_and_of_mixed_is_non_uniform() {
-    for (paging, t) in fixtures() {
+    query_of_partly_unmapped_is_no_mapping_and_of_mixed_is_non_uniform_in::<El1>();
+    query_of_partly_unmapped_is_no_mapping_and_of_mixed_is_non_uniform_in::<El2>();
+}
+
+fn query_of_partly_unmapped_is_no_mapping_and_of_mixed_is_non_uniform_in<R: Regime>() {
+    for (paging, t) in fixtures::<R>() {
         let before = snapshot(&t);
         let a = alias(paging);
         assert_eq!(t.query_memory_region(0x40_2000, 2 * KIB4), Err(PtError::NoMapping));
@@ -401,13 +474,18 @@ fn query_of_partly_unmapped_is_no_mapping_and_of_mixed_is_non_uniform() {
 }
 
 /// A transaction built and committed on a table.
-type Commit = dyn Fn(&mut Table) -> Result<(), TxnError>;
+type Commit<R> = dyn Fn(&mut Table<R>) -> Result<(), TxnError>;
 
 #[test]
 fn transaction_whose_third_op_is_bad_reports_op_2_and_applies_nothing() {
-    for (_, mut t) in fixtures() {
+    transaction_whose_third_op_is_bad_reports_op_2_and_applies_nothing_in::<El1>();
+    transaction_whose_third_op_is_bad_reports_op_2_and_applies_nothing_in::<El2>();
+}
+
+fn transaction_whose_third_op_is_bad_reports_op_2_and_applies_nothing_in<R: Regime>() {
+    for (_, mut t) in fixtures::<R>() {
         let before = snapshot(&t);
-        let cases: [(PtError, &Commit); 3] = [
+        let cases: [(PtError, &Commit<R>); 3] = [
             (PtError::UnalignedAddress, &|t| {
                 t.transaction()
                     .map(0x60_0000, MIB2, MA::Uncached)
@@ -443,11 +521,17 @@ fn transaction_whose_third_op_is_bad_reports_op_2_and_applies_nothing() {
 
 #[test]
 fn allocation_failure_is_out_of_resources_and_gives_every_page_back() {
+    allocation_failure_in::<El1>();
+    allocation_failure_in::<El2>();
+}
+
+fn allocation_failure_in<R: Regime>() {
     for paging in [PagingType::Paging3Level, PagingType::Paging4Level] {
         let config = Aarch64Config::default();
         let mut pool = PagePool::new(64);
         let root = {
-            let mut t = Aarch64PageTable::with_mmu(&mut pool, paging, config, RecordingMmu::new()).unwrap();
+            let mut t =
+                Aarch64PageTable::with_regime(&mut pool, paging, config, RecordingMmu::new(), R::default()).unwrap();
             fill(&mut t, paging);
             t.into_page_table_root()
         };
@@ -466,7 +550,14 @@ fn allocation_failure_is_out_of_resources_and_gives_every_page_back() {
             pool.fail_at(Some(pool.allocations() + nth));
             // SAFETY: `root` is the root of the table built above in `pool`, untouched since.
             let mut t = unsafe {
-                Aarch64PageTable::from_existing_with_mmu(root, &mut pool, paging, config, RecordingMmu::new())
+                Aarch64PageTable::from_existing_with_regime(
+                    root,
+                    &mut pool,
+                    paging,
+                    config,
+                    RecordingMmu::new(),
+                    R::default(),
+                )
             }
             .unwrap();
             assert!(t.tables().is_live());
@@ -493,9 +584,17 @@ fn allocation_failure_is_out_of_resources_and_gives_every_page_back() {
         }
         // Control: without the failure it commits (the split of the first block included).
         // SAFETY: as above.
-        let mut t =
-            unsafe { Aarch64PageTable::from_existing_with_mmu(root, &mut pool, paging, config, RecordingMmu::new()) }
-                .unwrap();
+        let mut t = unsafe {
+            Aarch64PageTable::from_existing_with_regime(
+                root,
+                &mut pool,
+                paging,
+                config,
+                RecordingMmu::new(),
+                R::default(),
+            )
+        }
+        .unwrap();
         let live = t.allocator().live_pages();
         t.transaction()
             .protect(0x1000, KIB4, MA::ReadOnly)
@@ -531,6 +630,18 @@ fn unsupported_paging_types_are_rejected() {
         )
     };
     assert_eq!(opened.err(), Some(PtError::UnalignedPageBase));
+    // Nor EL2 tables.
+    assert_eq!(
+        Aarch64PageTable::with_regime(
+            PagePool::new(4),
+            PagingType::Paging5Level,
+            config,
+            RecordingMmu::new(),
+            El2
+        )
+        .err(),
+        Some(PtError::UnsupportedPagingType)
+    );
     // X64 has no 3-level mode.
     assert_eq!(
         X64PageTable::with_mmu(

@@ -1,8 +1,10 @@
 //! An independent AArch64 descriptor decoder: walks the tables the library built (PagePool
 //! hands out physical addresses equal to host addresses) with its own reading of the Arm
-//! ARM, never the library's codec, and computes what a stage 1 EL1&0 walk with the
-//! installed MAIR_EL1 would do for each virtual address. That is compared with an expected
-//! map built only from the requests the test made.
+//! ARM, never the library's codec, and computes what a stage 1 EL1&0 walk, or a stage 1
+//! EL2 walk (HCR_EL2.E2H = 0), with the installed MAIR_ELx would do for each virtual
+//! address. That is compared with an expected map built only from the requests the test
+//! made. The EL2 reading (D8.3.2, D8.4.1.2): one privilege level, bit 54 is XN, bit 53
+//! (PXN), nG, PXNTable and APTable\[0\] are RES0, AP\[1\] is RES1.
 //!
 //! Architectural references (Arm ARM DDI 0487 J.a): D8.3 "Translation table descriptor
 //! formats" (descriptor types per level, output address fields, RES0 bits), D8.4 "Memory
@@ -14,12 +16,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 
+use txpaging::aarch64::{El1, El2, Regime};
 use txpaging::{
     Aarch64Config, Aarch64PageTable, Barrier, InstallRequest, MemoryAttributes as MA, Mmu, MmuOp, Op, PagePool,
     PageTable, PagingType, PtError, Tlb,
 };
 
-type Table = Aarch64PageTable<PagePool, Snoop>;
+type Table<R = El1> = Aarch64PageTable<PagePool, Snoop, R>;
 
 const KIB4: u64 = 0x1000;
 const MIB2: u64 = 0x20_0000;
@@ -78,6 +81,8 @@ enum Hw {
     AccessFlag { level: u8 },
     /// A valid descriptor with RES0 bits set (CONSTRAINED UNPREDICTABLE: never acceptable).
     Res0 { level: u8, bits: u64 },
+    /// A valid descriptor with RES1 bits clear (EL2: AP\[1\]; never acceptable either).
+    Res1 { level: u8, bits: u64 },
     /// A translation.
     Page {
         pa: u64,
@@ -139,11 +144,12 @@ fn arm_size(level: u8) -> u64 {
     1 << (12 + 9 * (3 - u32::from(level)))
 }
 
-/// Walks `va` from `root` the way the MMU does (stage 1, EL1&0, TTBR0, 4 KiB granule,
-/// TCR_EL1.HA = 0, SCTLR_EL1.WXN = 0) and resolves AttrIndx through `mair`. With
-/// `reveal_read_protected`, an invalid descriptor carrying the library's ReadProtect marker
-/// is read as if its valid bit were set (to check what it keeps).
-fn walk(root: u64, levels: u8, mair: u64, va: u64, reveal_read_protected: bool) -> Walked {
+/// Walks `va` from `root` the way the MMU does (stage 1, EL1&0 or with `el2` the EL2
+/// regime, TTBR0, 4 KiB granule, TCR_ELx.HA = 0, SCTLR_ELx.WXN = 0) and resolves AttrIndx
+/// through `mair`. With `reveal_read_protected`, an invalid descriptor carrying the
+/// library's ReadProtect marker is read as if its valid bit were set (to check what it
+/// keeps). At EL2 the `el1_*` fields of [`Hw::Page`] mean EL2 and the `el0_*` ones are false.
+fn walk(root: u64, levels: u8, mair: u64, va: u64, reveal_read_protected: bool, el2: bool) -> Walked {
     let fault = |level| Walked {
         hw: Hw::Translation { level },
         leaf: None,
@@ -169,7 +175,9 @@ fn walk(root: u64, levels: u8, mair: u64, va: u64, reveal_read_protected: bool) 
         match (level, type_bit) {
             // Table descriptor (L0-L2).
             (0..=2, true) => {
-                let res0 = raw & 0x000F_0000_0000_0000;
+                // EL2 (one Exception level): PXNTable (59) and APTable[0] (61) are RES0.
+                let table_res0 = if el2 { PXN_TABLE | AP_TABLE_NO_EL0 } else { 0 };
+                let res0 = raw & (0x000F_0000_0000_0000 | table_res0);
                 if res0 != 0 {
                     return Walked {
                         hw: Hw::Res0 { level, bits: res0 },
@@ -187,11 +195,18 @@ fn walk(root: u64, levels: u8, mair: u64, va: u64, reveal_read_protected: bool) 
             (0, false) | (3, false) => return fault(level),
             _ => {}
         }
-        // Block (L1, L2) or page (L3).
-        let res0 = raw & (LEAF_RES0_HIGH | (OA & (size - 1)));
+        // Block (L1, L2) or page (L3). EL2: bit 53 and nG are RES0, AP[1] is RES1.
+        let leaf_res0 = if el2 { PXN | NG } else { 0 };
+        let res0 = raw & (LEAF_RES0_HIGH | (OA & (size - 1)) | leaf_res0);
         if res0 != 0 {
             return Walked {
                 hw: Hw::Res0 { level, bits: res0 },
+                leaf: None,
+            };
+        }
+        if el2 && raw & AP1_EL0 == 0 {
+            return Walked {
+                hw: Hw::Res1 { level, bits: AP1_EL0 },
                 leaf: None,
             };
         }
@@ -207,6 +222,23 @@ fn walk(root: u64, levels: u8, mair: u64, va: u64, reveal_read_protected: bool) 
         let shareability = if is_cacheable_type(memory_type) { sh } else { OUTER };
         // Stage 1 data access permissions, AP[2:1] (D8.4), with the table restrictions.
         let read_only = raw & AP2_READ_ONLY != 0 || no_write;
+        if el2 {
+            // One privilege level: AP[2] alone decides writes, XN (bit 54) and XNTable
+            // (bit 60) execution; no EL0, no ASIDs.
+            return Walked {
+                hw: Hw::Page {
+                    pa: (raw & OA & !(size - 1)) | (va & (size - 1)),
+                    el1_write: !read_only,
+                    el1_exec: raw & UXN == 0 && !uxn_table,
+                    el0_read: false,
+                    el0_exec: false,
+                    memory_type,
+                    shareability,
+                    global: true,
+                },
+                leaf,
+            };
+        }
         let el0_read = raw & AP1_EL0 != 0 && !no_el0;
         let el0_write = el0_read && !read_only;
         return Walked {
@@ -241,8 +273,8 @@ fn memory_type_for(cache: MA) -> u8 {
 }
 
 /// What the hardware must do for a page the requests left as `state` (ReadProtect pages
-/// fault, except when their kept descriptor is revealed).
-fn expected_hw(state: Option<(u64, MA)>, reveal_read_protected: bool) -> Hw {
+/// fault, except when their kept descriptor is revealed); at EL2 nothing runs at EL0.
+fn expected_hw(state: Option<(u64, MA)>, reveal_read_protected: bool, el2: bool) -> Hw {
     match state {
         None => Hw::Translation { level: u8::MAX },
         Some((_, attributes)) if attributes.contains(MA::ReadProtect) && !reveal_read_protected => {
@@ -256,7 +288,7 @@ fn expected_hw(state: Option<(u64, MA)>, reveal_read_protected: bool) -> Hw {
                 el1_write: !attributes.contains(MA::ReadOnly),
                 el1_exec: executable,
                 el0_read: false,
-                el0_exec: executable,
+                el0_exec: executable && !el2,
                 memory_type,
                 shareability: if is_cacheable_type(memory_type) { INNER } else { OUTER },
                 global: true,
@@ -280,6 +312,7 @@ fn same(got: Hw, want: Hw) -> bool {
 struct Snoop {
     root: Cell<u64>,
     levels: Cell<u8>,
+    el2: Cell<bool>,
     mair: Cell<u64>,
     watched: RefCell<Vec<u64>>,
     events: RefCell<Vec<(MmuOp, Option<Vec<Walked>>)>>,
@@ -317,7 +350,16 @@ impl Tlb for Snoop {
             self.watched
                 .borrow()
                 .iter()
-                .map(|&va| walk(self.root.get(), self.levels.get(), self.mair.get(), va, false))
+                .map(|&va| {
+                    walk(
+                        self.root.get(),
+                        self.levels.get(),
+                        self.mair.get(),
+                        va,
+                        false,
+                        self.el2.get(),
+                    )
+                })
                 .collect()
         });
         self.events.borrow_mut().push((MmuOp::Barrier(barrier), snapshot));
@@ -405,34 +447,42 @@ fn expected(reqs: &[Req], va: u64) -> Option<(u64, MA)> {
 }
 
 /// A table under construction plus every request made on it.
-struct Build {
-    t: Table,
+struct Build<R: Regime = El1> {
+    t: Table<R>,
     reqs: Vec<Req>,
     levels: u8,
+    /// The EL2 regime: walks and expectations read descriptors for EL2.
+    el2: bool,
 }
 
-impl Build {
+impl<R: Regime> Build<R> {
     fn new(paging: PagingType, one_gib_blocks: bool, pages: usize) -> Self {
         let config = Aarch64Config {
             one_gib_blocks,
             ..Aarch64Config::default()
         };
-        let t = Aarch64PageTable::with_mmu(PagePool::new(pages), paging, config, Snoop::default()).unwrap();
+        let t = Aarch64PageTable::with_regime(PagePool::new(pages), paging, config, Snoop::default(), R::default())
+            .unwrap();
+        let el2 = R::EL == 2;
         let levels = match paging {
             PagingType::Paging3Level => 3,
             PagingType::Paging4Level => 4,
             PagingType::Paging5Level => unreachable!("no 5-level AArch64 tables"),
         };
-        let InstallRequest::Aarch64 { mair, .. } = t.install_request() else {
-            panic!("not an AArch64 install request")
+        let mair = match t.install_request() {
+            InstallRequest::Aarch64 { mair, .. } if !el2 => mair,
+            InstallRequest::Aarch64El2 { mair, .. } if el2 => mair,
+            other => panic!("not an AArch64 install request of the regime: {other:x?}"),
         };
         t.mmu().root.set(t.root());
+        t.mmu().el2.set(el2);
         t.mmu().levels.set(levels);
         t.mmu().mair.set(mair);
         Self {
             t,
             reqs: Vec::new(),
             levels,
+            el2,
         }
     }
 
@@ -441,7 +491,14 @@ impl Build {
     }
 
     fn walk(&self, va: u64, reveal_read_protected: bool) -> Walked {
-        walk(self.t.root(), self.levels, self.mair(), va, reveal_read_protected)
+        walk(
+            self.t.root(),
+            self.levels,
+            self.mair(),
+            va,
+            reveal_read_protected,
+            self.el2,
+        )
     }
 
     fn map(&mut self, va: u64, size: u64, attributes: MA) {
@@ -534,17 +591,17 @@ fn pages_of(va: u64, size: u64, every_page: bool) -> Vec<u64> {
 
 /// Compares the hardware's view of page `va` (and, for a ReadProtect page, what its
 /// descriptor keeps), and the library's own translation, with the expected map.
-fn check_page(b: &Build, f: &mut Findings, va: u64) {
+fn check_page<R: Regime>(b: &Build<R>, f: &mut Findings, va: u64) {
     f.pages_checked += 1;
     let state = expected(&b.reqs, va);
     let got = b.walk(va, false).hw;
-    let want = expected_hw(state, false);
+    let want = expected_hw(state, false, b.el2);
     if !same(got, want) {
         f.report(format!("va {va:#x}: hardware {got:x?}, requests want {want:x?}"));
     }
     if state.is_some_and(|(_, a)| a.contains(MA::ReadProtect)) {
         let kept = b.walk(va, true).hw;
-        let want = expected_hw(state, true);
+        let want = expected_hw(state, true, b.el2);
         if kept != want {
             f.report(format!(
                 "va {va:#x}: ReadProtect leaf keeps {kept:x?}, requests want {want:x?}"
@@ -561,7 +618,7 @@ fn check_page(b: &Build, f: &mut Findings, va: u64) {
 
 /// Checks every entry of every table against the architecture and the library's documented
 /// encoding, every hardware-visible page against the expected map, and the page count.
-fn audit(b: &Build, f: &mut Findings) {
+fn audit<R: Regime>(b: &Build<R>, f: &mut Findings) {
     let mut tables = 0usize;
     let mut seen = HashSet::new();
     audit_table(b, f, b.t.root(), start_level(b.levels), 0, &mut tables, &mut seen);
@@ -580,8 +637,8 @@ fn audit(b: &Build, f: &mut Findings) {
     }
 }
 
-fn audit_table(
-    b: &Build,
+fn audit_table<R: Regime>(
+    b: &Build<R>,
     f: &mut Findings,
     table: u64,
     level: u8,
@@ -633,10 +690,14 @@ fn audit_table(
         if level == 0 || (level == 1 && !one_gib) {
             f.report(format!("{at}: block at a level that must not hold one"));
         }
-        // The documented leaf encoding.
-        let must_clear = NS | AP1_EL0 | NG | GP | DBM | CONTIGUOUS | UPPER | LEAF_RES0_HIGH | (OA & (size - 1));
+        // The documented leaf encoding (EL2: AP[1] set as RES1, PXN clear as RES0).
+        let regime_clear = if b.el2 { PXN } else { AP1_EL0 };
+        let must_clear = NS | regime_clear | NG | GP | DBM | CONTIGUOUS | UPPER | LEAF_RES0_HIGH | (OA & (size - 1));
         if raw & must_clear != 0 {
             f.report(format!("{at}: bits {:#x} set", raw & must_clear));
+        }
+        if b.el2 && raw & AP1_EL0 == 0 {
+            f.report(format!("{at}: EL2 leaf with AP[1] (RES1) clear"));
         }
         if raw & AF == 0 {
             f.report(format!("{at}: AF clear"));
@@ -644,14 +705,16 @@ fn audit_table(
         if (raw >> 8) & 3 != u64::from(INNER) {
             f.report(format!("{at}: SH is not Inner Shareable"));
         }
-        if (raw & PXN == 0) != (raw & UXN == 0) {
+        if !b.el2 && (raw & PXN == 0) != (raw & UXN == 0) {
             f.report(format!("{at}: PXN and UXN differ"));
         }
+        // The execute-never bit of the table's own level: PXN at EL1&0, XN (bit 54) at EL2.
+        let xn = if b.el2 { UXN } else { PXN };
         let memory_type = (b.mair() >> (8 * ((raw >> 2) & 7))) as u8;
-        if is_device_type(memory_type) && raw & PXN == 0 {
+        if is_device_type(memory_type) && raw & xn == 0 {
             f.report(format!("{at}: device memory not execute-never"));
         }
-        if raw & SW_XN_FORCED != 0 && (!is_device_type(memory_type) || raw & PXN == 0) {
+        if raw & SW_XN_FORCED != 0 && (!is_device_type(memory_type) || raw & xn == 0) {
             f.report(format!("{at}: forced-XN marker on a leaf that is not device XN"));
         }
         if raw & SOFTWARE & !(SW_READ_PROTECTED | SW_XN_FORCED) != 0
@@ -666,7 +729,7 @@ fn audit_table(
 }
 
 /// Checks every page of every requested range, and the page on either side of each.
-fn check_requested_ranges(b: &Build, f: &mut Findings) {
+fn check_requested_ranges<R: Regime>(b: &Build<R>, f: &mut Findings) {
     let limit = 1u64 << va_bits(b.levels);
     for r in &b.reqs {
         let (va, size) = r.range();
@@ -682,7 +745,7 @@ fn check_requested_ranges(b: &Build, f: &mut Findings) {
     }
 }
 
-fn check_with(b: &Build, every_page: bool) -> Findings {
+fn check_with<R: Regime>(b: &Build<R>, every_page: bool) -> Findings {
     let mut f = Findings {
         every_page,
         ..Findings::default()
@@ -692,15 +755,15 @@ fn check_with(b: &Build, every_page: bool) -> Findings {
     f
 }
 
-fn check(b: &Build) -> Findings {
+fn check<R: Regime>(b: &Build<R>) -> Findings {
     check_with(b, true)
 }
 
 /// Checks the canonical form the library documents: no table other than the root is all
 /// invalid, and no table whose parent entry may be a block is one uniform, contiguous,
 /// aligned run of leaves (it should have been that block).
-fn check_canonical_form(b: &Build, f: &mut Findings) {
-    fn visit(b: &Build, f: &mut Findings, table: u64, level: u8, va: u64, root: bool) {
+fn check_canonical_form<R: Regime>(b: &Build<R>, f: &mut Findings) {
+    fn visit<R: Regime>(b: &Build<R>, f: &mut Findings, table: u64, level: u8, va: u64, root: bool) {
         let size = arm_size(level);
         let raws: Vec<u64> = (0..512).map(|i| entry(table, i)).collect();
         if !root && raws.iter().all(|&r| r == 0) {
@@ -749,7 +812,7 @@ fn parse_csv(text: &str) -> Vec<Row> {
 /// Maps a captured AArch64 QEMU `virt` memory map the way firmware would, then applies
 /// its Memory Attributes Table, a few guard pages and an alias of the start of RAM at
 /// `alias` (also one at the last 2 MiB of the address space).
-fn firmware_map(b: &mut Build, memmap: &str, mat: &str, alias: u64) {
+fn firmware_map<R: Regime>(b: &mut Build<R>, memmap: &str, mat: &str, alias: u64) {
     for (kind, start, pages, attributes) in parse_csv(memmap) {
         let uefi = MA::from_bits_truncate(attributes);
         // One cache type per mapping: the cheapest the descriptor allows.
@@ -809,22 +872,34 @@ const MEMMAP_16G: &str = include_str!("data/uefi-memmap-aarch64-virt-16G.csv");
 const MAT_16G: &str = include_str!("data/uefi-mat-aarch64-virt-16G.csv");
 
 /// The install request must program what the decoder assumed, and make the table live.
-fn check_install(b: &Build) {
+fn check_install<R: Regime>(b: &Build<R>) {
     b.t.mmu().take_log();
     b.t.install_page_table().unwrap();
     let log = b.t.mmu().take_log();
-    let [MmuOp::Install(InstallRequest::Aarch64 { mair, tcr, ttbr0 })] = log[..] else {
-        panic!("install logged {log:x?}");
+    let (mair, tcr, ttbr0) = match log[..] {
+        [MmuOp::Install(InstallRequest::Aarch64 { mair, tcr, ttbr0 })] if !b.el2 => (mair, tcr, ttbr0),
+        [MmuOp::Install(InstallRequest::Aarch64El2 { mair, tcr, ttbr0 })] if b.el2 => (mair, tcr, ttbr0),
+        _ => panic!("install logged {log:x?}"),
     };
     assert_eq!(mair, b.mair());
     assert_eq!(ttbr0, b.t.root());
     assert_eq!(tcr & 0x3F, 64 - u64::from(va_bits(b.levels)), "T0SZ");
+    if b.el2 {
+        // TCR_EL2 with E2H = 0 (register description): RES1 bits 31 and 23, PS[18:16] = 48
+        // bits (0b101), TG0 4 KiB, walks Inner Shareable WB RA/WA; nothing else.
+        let t0sz = 64 - u64::from(va_bits(b.levels));
+        assert_eq!(
+            tcr,
+            1 << 31 | 1 << 23 | 0b101 << 16 | 0b11 << 12 | 0b01 << 10 | 0b01 << 8 | t0sz,
+            "TCR_EL2 {tcr:#x}"
+        );
+    }
     assert!(b.t.tables().is_live());
 }
 
 #[test]
 fn firmware_map_3_level_matches_hardware_view() {
-    let mut b = Build::new(PagingType::Paging3Level, true, 1024);
+    let mut b = <Build>::new(PagingType::Paging3Level, true, 1024);
     firmware_map(&mut b, MEMMAP_4G, MAT_4G, 0x40_0000_0000);
     let f = check(&b);
     f.assert_clean();
@@ -834,7 +909,7 @@ fn firmware_map_3_level_matches_hardware_view() {
 
 #[test]
 fn firmware_map_4_level_matches_hardware_view() {
-    let mut b = Build::new(PagingType::Paging4Level, true, 1024);
+    let mut b = <Build>::new(PagingType::Paging4Level, true, 1024);
     firmware_map(&mut b, MEMMAP_16G, MAT_16G, 0x8000_0000_0000);
     check_with(&b, false).assert_clean();
     check_install(&b);
@@ -843,7 +918,7 @@ fn firmware_map_4_level_matches_hardware_view() {
 #[test]
 fn firmware_map_without_1gib_blocks_matches_hardware_view() {
     for paging in [PagingType::Paging3Level, PagingType::Paging4Level] {
-        let mut b = Build::new(paging, false, 1024);
+        let mut b = <Build>::new(paging, false, 1024);
         firmware_map(&mut b, MEMMAP_4G, MAT_4G, 0x40_0000_0000);
         check_with(&b, false).assert_clean();
     }
@@ -856,7 +931,7 @@ fn firmware_map_is_in_canonical_form() {
         (PagingType::Paging4Level, true),
         (PagingType::Paging4Level, false),
     ] {
-        let mut b = Build::new(paging, one_gib, 1024);
+        let mut b = <Build>::new(paging, one_gib, 1024);
         firmware_map(&mut b, MEMMAP_4G, MAT_4G, 0x40_0000_0000);
         let mut f = Findings::default();
         check_canonical_form(&b, &mut f);
@@ -875,7 +950,7 @@ fn every_cache_and_access_combination_decodes_as_requested() {
         MA::WriteProtect,
     ];
     for paging in [PagingType::Paging3Level, PagingType::Paging4Level] {
-        let mut b = Build::new(paging, true, 256);
+        let mut b = <Build>::new(paging, true, 256);
         let mut va = 0;
         for cache in caches {
             for access in 0..8u64 {
@@ -900,8 +975,8 @@ fn every_cache_and_access_combination_decodes_as_requested() {
 }
 
 /// A small table for the negative controls: pages, a 2 MiB block and a 1 GiB block.
-fn small_build() -> Build {
-    let mut b = Build::new(PagingType::Paging4Level, true, 64);
+fn small_build<R: Regime>() -> Build<R> {
+    let mut b = Build::<R>::new(PagingType::Paging4Level, true, 64);
     b.map(0, MIB2, MA::Writeback);
     b.protect(0x1000, KIB4, MA::ReadOnly);
     b.map(MIB2, MIB2, MA::Uncached);
@@ -912,7 +987,7 @@ fn small_build() -> Build {
 }
 
 /// Changes the descriptor of Arm level `level` on the walk of `va` with `change`.
-fn corrupt(b: &Build, va: u64, level: u8, change: impl FnOnce(&mut u64)) {
+fn corrupt<R: Regime>(b: &Build<R>, va: u64, level: u8, change: impl FnOnce(&mut u64)) {
     let mut table = b.t.root();
     for l in start_level(b.levels)..level {
         table = entry(table, (va / arm_size(l)) % 512) & OA;
@@ -925,14 +1000,14 @@ fn corrupt(b: &Build, va: u64, level: u8, change: impl FnOnce(&mut u64)) {
 
 #[test]
 fn negative_control_memory_type_change_is_noticed() {
-    let b = small_build();
+    let b = small_build::<El1>();
     corrupt(&b, 0x2000, 3, |e| *e ^= 1 << 2); // AttrIndx 4 (WB) -> 5
     assert!(check(&b).noticed("va 0x2000: hardware"));
 }
 
 #[test]
 fn negative_control_cleared_access_flag_is_noticed() {
-    let b = small_build();
+    let b = small_build::<El1>();
     corrupt(&b, MIB2, 2, |e| *e &= !AF);
     let f = check(&b);
     assert!(
@@ -944,14 +1019,14 @@ fn negative_control_cleared_access_flag_is_noticed() {
 
 #[test]
 fn negative_control_res0_bit_in_block_is_noticed() {
-    let b = small_build();
+    let b = small_build::<El1>();
     corrupt(&b, GIB, 1, |e| *e |= 1 << 21); // inside a 1 GiB block's address field
     assert!(check(&b).noticed("va 0x40000000: hardware Res0"));
 }
 
 #[test]
 fn negative_control_permission_changes_are_noticed() {
-    let b = small_build();
+    let b = small_build::<El1>();
     corrupt(&b, 0x1000, 3, |e| *e &= !AP2_READ_ONLY);
     corrupt(&b, 0x2000, 3, |e| *e |= PXN | UXN);
     corrupt(&b, MIB2, 2, |e| *e &= !(PXN | UXN));
@@ -965,7 +1040,7 @@ fn negative_control_permission_changes_are_noticed() {
 
 #[test]
 fn negative_control_shareability_and_global_changes_are_noticed() {
-    let b = small_build();
+    let b = small_build::<El1>();
     corrupt(&b, 0x5000, 3, |e| *e &= !(1 << 8)); // SH 0b11 -> 0b10
     corrupt(&b, 0x6000, 3, |e| *e |= NG);
     let f = check(&b);
@@ -978,7 +1053,7 @@ fn negative_control_shareability_and_global_changes_are_noticed() {
 
 #[test]
 fn negative_control_mapping_changes_are_noticed() {
-    let b = small_build();
+    let b = small_build::<El1>();
     corrupt(&b, 0x7000, 3, |e| *e += KIB4); // output address
     corrupt(&b, 0x8000, 3, |e| *e = 0); // removed
     corrupt(&b, 0x3000, 3, |e| *e |= VALID); // ReadProtect page made readable
@@ -992,7 +1067,7 @@ fn negative_control_mapping_changes_are_noticed() {
 
 #[test]
 fn negative_control_table_linked_twice_is_noticed() {
-    let b = small_build();
+    let b = small_build::<El1>();
     let root = b.t.root();
     corrupt(&b, 0x4000_0000_0000, 0, |e| *e = root | VALID | TYPE_TABLE_OR_PAGE);
     assert!(check(&b).noticed("reachable twice"));
@@ -1000,7 +1075,7 @@ fn negative_control_table_linked_twice_is_noticed() {
 
 #[test]
 fn negative_control_hierarchical_restriction_is_noticed() {
-    let b = small_build();
+    let b = small_build::<El1>();
     corrupt(&b, 0, 1, |e| *e |= AP_TABLE_NO_WRITE);
     let f = check(&b);
     assert!(
@@ -1147,7 +1222,7 @@ fn check_live_commit(
 /// Random transactions, checked against the model after each commit. `live`: the table is
 /// installed first, so commits run break-before-make, which is checked too. `dense` keeps
 /// every op within a few 2 MiB blocks, so ops of one transaction overlap a lot.
-fn random_transactions(paging: PagingType, one_gib: bool, seed: u64, dense: bool, live: bool) {
+fn random_transactions<R: Regime>(paging: PagingType, one_gib: bool, seed: u64, dense: bool, live: bool) {
     let high = 0x40_0000_0000; // 256 GiB: inside 39 bits
     let (bases, offsets, sizes): (&[u64], &[u64], &[u64]) = if dense {
         (
@@ -1191,7 +1266,7 @@ fn random_transactions(paging: PagingType, one_gib: bool, seed: u64, dense: bool
         MA::ReadProtect | MA::ExecuteProtect,
     ];
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut b = Build::new(paging, one_gib, 4096);
+    let mut b = Build::<R>::new(paging, one_gib, 4096);
     if live {
         b.t.install_page_table().unwrap();
     }
@@ -1320,17 +1395,17 @@ fn random_transactions(paging: PagingType, one_gib: bool, seed: u64, dense: bool
 fn random_transactions_match_hardware_view_and_follow_break_before_make() {
     let seeds: u64 = std::env::var("TXPAGING_SEEDS").map_or(4, |s| s.parse().expect("TXPAGING_SEEDS: a number"));
     for seed in 1..=seeds {
-        random_transactions(PagingType::Paging3Level, true, seed, false, true);
-        random_transactions(PagingType::Paging4Level, true, seed + 100_000, false, true);
-        random_transactions(PagingType::Paging4Level, false, seed + 200_000, false, false);
-        random_transactions(PagingType::Paging3Level, true, seed + 300_000, true, true);
-        random_transactions(PagingType::Paging4Level, true, seed + 400_000, true, false);
+        random_transactions::<El1>(PagingType::Paging3Level, true, seed, false, true);
+        random_transactions::<El1>(PagingType::Paging4Level, true, seed + 100_000, false, true);
+        random_transactions::<El1>(PagingType::Paging4Level, false, seed + 200_000, false, false);
+        random_transactions::<El1>(PagingType::Paging3Level, true, seed + 300_000, true, true);
+        random_transactions::<El1>(PagingType::Paging4Level, true, seed + 400_000, true, false);
     }
 }
 
 #[test]
 fn dump_shows_descriptor_fields_per_level() {
-    let b = small_build();
+    let b = small_build::<El1>();
     let mut out = String::new();
     b.t.dump_to(&mut out, 0, 2 * MIB2).unwrap();
     let rows: Vec<&str> = out.lines().filter(|l| l.starts_with('L')).collect();
@@ -1365,4 +1440,115 @@ fn dump_shows_descriptor_fields_per_level() {
     let raw = u64::from_str_radix(&bits, 2).unwrap();
     assert_eq!(raw & 3, 0b11);
     assert_eq!((b.mair() >> (8 * ((raw >> 2) & 7))) as u8, NORMAL_WB_RA_WA);
+}
+
+// ------------------------------------------------------------------------------------------
+// The EL2 regime (HCR_EL2.E2H = 0): the same checks with the EL2 reading of the descriptors
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn el2_firmware_map_matches_hardware_view() {
+    for (paging, one_gib) in [(PagingType::Paging3Level, true), (PagingType::Paging4Level, false)] {
+        let mut b = Build::<El2>::new(paging, one_gib, 1024);
+        firmware_map(&mut b, MEMMAP_4G, MAT_4G, 0x40_0000_0000);
+        check_with(&b, false).assert_clean();
+        let mut f = Findings::default();
+        check_canonical_form(&b, &mut f);
+        f.assert_clean();
+        check_install(&b);
+    }
+}
+
+#[test]
+fn el2_every_cache_and_access_combination_decodes_as_requested() {
+    let caches = [
+        MA::Uncached,
+        MA::WriteCombining,
+        MA::WriteThrough,
+        MA::Writeback,
+        MA::UncachedExport,
+        MA::WriteProtect,
+    ];
+    let mut b = Build::<El2>::new(PagingType::Paging4Level, true, 256);
+    let mut va = 0;
+    for cache in caches {
+        for access in 0..8u64 {
+            let mut attributes = cache;
+            attributes.set(MA::ReadOnly, access & 1 != 0);
+            attributes.set(MA::ExecuteProtect, access & 2 != 0);
+            attributes.set(MA::ReadProtect, access & 4 != 0);
+            b.map(va, KIB4, attributes);
+            b.map(va + MIB2, MIB2, attributes);
+            b.map(va + GIB, GIB, attributes);
+            for (start, size) in [(va, KIB4), (va + MIB2, MIB2), (va + GIB, GIB)] {
+                assert_eq!(b.t.query_memory_region(start, size), Ok(attributes), "{start:#x}");
+            }
+            va += 2 * GIB;
+        }
+    }
+    check_with(&b, false).assert_clean();
+    check_install(&b);
+}
+
+/// EL2 commits on an installed table: the same model, break-before-make and invalidation
+/// checks as at EL1&0 (2 seeds per configuration; TXPAGING_SEEDS for more).
+#[test]
+fn el2_random_transactions_match_hardware_view_and_follow_break_before_make() {
+    let seeds: u64 = std::env::var("TXPAGING_SEEDS").map_or(2, |s| s.parse().expect("TXPAGING_SEEDS: a number"));
+    for seed in 1..=seeds {
+        random_transactions::<El2>(PagingType::Paging4Level, true, seed + 500_000, false, true);
+        random_transactions::<El2>(PagingType::Paging3Level, false, seed + 600_000, true, true);
+        random_transactions::<El2>(PagingType::Paging3Level, true, seed + 700_000, false, false);
+    }
+}
+
+/// The EL2 reading notices each EL2-specific rule broken on purpose: PXN (bit 53, RES0),
+/// nG (RES0), AP[1] cleared (RES1), XN cleared on execute-protected memory, XN cleared on
+/// device memory, PXNTable (RES0) in a table descriptor.
+#[test]
+fn el2_negative_control_regime_bits_are_noticed() {
+    let b = small_build::<El2>();
+    corrupt(&b, 0x2000, 3, |e| *e |= PXN);
+    corrupt(&b, 0x4000, 3, |e| *e |= NG);
+    corrupt(&b, 0x5000, 3, |e| *e &= !AP1_EL0);
+    corrupt(&b, GIB, 1, |e| *e &= !UXN); // WriteThrough | ExecuteProtect 1 GiB block
+    corrupt(&b, MIB2, 2, |e| *e &= !UXN); // Uncached 2 MiB block
+    let f = check(&b);
+    for (va, what) in [
+        ("0x2000", "Res0"),
+        ("0x4000", "Res0"),
+        ("0x5000", "Res1"),
+        ("0x40000000", "Page"),
+        ("0x200000", "Page"),
+    ] {
+        assert!(
+            f.noticed(&format!("va {va}: hardware {what}")),
+            "{va}: {:#?}",
+            f.problems
+        );
+    }
+    assert!(
+        f.noticed("PXN") || f.noticed("bits 0x20000000000000 set"),
+        "{:#?}",
+        f.problems
+    );
+    assert!(f.noticed("AP[1] (RES1) clear"), "{:#?}", f.problems);
+    assert!(f.noticed("device memory not execute-never"), "{:#?}", f.problems);
+
+    let b = small_build::<El2>();
+    corrupt(&b, 0, 1, |e| *e |= PXN_TABLE);
+    assert!(check(&b).noticed("va 0x0: hardware Res0"));
+}
+
+/// The EL1&0 reading of an EL2 table is wrong, and the checks say so: the regimes differ.
+#[test]
+fn el2_table_read_as_el1_is_noticed() {
+    let mut b = small_build::<El2>();
+    b.el2 = false;
+    let f = check(&b);
+    assert!(
+        f.noticed("bits 0x40 set") && f.noticed("PXN and UXN differ"),
+        "{:#?}",
+        f.problems
+    );
 }

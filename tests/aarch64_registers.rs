@@ -296,3 +296,90 @@ fn opening_an_existing_table_treats_it_as_live() {
     assert_eq!(log.first(), Some(&MmuOp::Barrier(Barrier::Stores)), "{log:x?}");
     assert_eq!(log.last(), Some(&MmuOp::Barrier(Barrier::Instructions)));
 }
+
+// ------------------------------------------------------------------------------------------
+// The EL2 regime (HCR_EL2.E2H = 0)
+// ------------------------------------------------------------------------------------------
+
+/// An EL2 install programs MAIR_EL2 (the same layout), TCR_EL2 field by field from its own
+/// register description (PS at 18:16, RES1 bits 31 and 23, no TTBR1 fields) and TTBR0_EL2.
+#[test]
+fn el2_install_programs_mair_tcr_el2_and_ttbr0_el2_field_by_field() {
+    use txpaging::aarch64::{tcr_el2, El2};
+    for (paging, va_bits) in [(PagingType::Paging4Level, 48), (PagingType::Paging3Level, 39)] {
+        for (pa_range, ps) in [(0b000u8, 0b000u64), (0b010, 0b010), (0b101, 0b101), (0b110, 0b101)] {
+            let config = Aarch64Config {
+                pa_range,
+                ..Aarch64Config::default()
+            };
+            let t = Aarch64PageTable::with_regime(PagePool::new(4), paging, config, RecordingMmu::new(), El2).unwrap();
+            assert_eq!(t.regime(), "EL2");
+            t.install_page_table().unwrap();
+            let [MmuOp::Install(InstallRequest::Aarch64El2 { mair, tcr, ttbr0 })] = t.mmu().take_log()[..] else {
+                panic!("not an EL2 install")
+            };
+            assert!(t.is_live());
+            assert_eq!(mair, MAIR_LAYOUT, "MAIR_EL2: the same layout as MAIR_EL1");
+            assert_eq!(ttbr0, t.root(), "TTBR0_EL2: BADDR, CnP 0 (no ASID at EL2)");
+            assert_eq!(field(tcr, 5, 0), 64 - va_bits, "T0SZ");
+            assert_eq!(field(tcr, 7, 6), 0, "RES0");
+            assert_eq!(field(tcr, 9, 8), 0b01, "IRGN0");
+            assert_eq!(field(tcr, 11, 10), 0b01, "ORGN0");
+            assert_eq!(field(tcr, 13, 12), 0b11, "SH0");
+            assert_eq!(field(tcr, 15, 14), 0b00, "TG0: 4 KiB");
+            assert_eq!(field(tcr, 18, 16), ps, "PS: PARange capped at 48 bits");
+            assert_eq!(field(tcr, 19, 19), 0, "RES0");
+            assert_eq!(field(tcr, 22, 20), 0, "TBI, HA, HD off");
+            assert_eq!(field(tcr, 23, 23), 1, "RES1");
+            assert_eq!(field(tcr, 30, 24), 0, "HPD, HWU, later fields off");
+            assert_eq!(field(tcr, 31, 31), 1, "RES1");
+            assert_eq!(field(tcr, 63, 32), 0, "RES0 / later fields off");
+            assert_eq!(tcr, tcr_el2(va_bits as u32, pa_range));
+        }
+    }
+    // AAVMF programs the same TCR_EL2 at EL2 (48-bit VA and PA).
+    assert_eq!(tcr_el2(48, 0b101), 0x8085_3510);
+}
+
+/// EL2 leaves: XN at bit 54 alone (bit 53 RES0), AP[1] set (RES1), nG clear (RES0); the rest
+/// as at EL1&0.
+#[test]
+fn el2_leaf_encoding_differs_only_in_the_regime_bits() {
+    use txpaging::aarch64::El2;
+    let el1 = |pa, a, level| <Aarch64Codec as Codec>::encode_leaf(pa, a, level);
+    let el2 = |pa, a, level| <Aarch64Codec<El2> as Codec>::encode_leaf(pa, a, level);
+    for cache in [
+        MA::Uncached,
+        MA::WriteCombining,
+        MA::WriteThrough,
+        MA::Writeback,
+        MA::UncachedExport,
+        MA::WriteProtect,
+    ] {
+        for access in 0..8u64 {
+            let mut a = cache;
+            a.set(MA::ReadOnly, access & 1 != 0);
+            a.set(MA::ExecuteProtect, access & 2 != 0);
+            a.set(MA::ReadProtect, access & 4 != 0);
+            for level in 0..3 {
+                let pa = 0x4000_0000;
+                let (one, two) = (el1(pa, a, level), el2(pa, a, level));
+                let xn = one & (1 << 54) != 0;
+                assert_eq!(one & (1 << 53) != 0, xn, "EL1&0: PXN == UXN");
+                assert_eq!(two & (1 << 53), 0, "EL2: bit 53 RES0 ({a:?})");
+                assert_eq!(two & (1 << 54) != 0, xn, "EL2: XN where EL1&0 has UXN ({a:?})");
+                assert_eq!(two & (1 << 6), 1 << 6, "EL2: AP[1] RES1 ({a:?})");
+                assert_eq!(two & (1 << 11), 0, "EL2: nG RES0");
+                assert_eq!(
+                    one & !(3 << 53),
+                    (two & !(1 << 54 | 1 << 6)),
+                    "the rest is the same ({a:?})"
+                );
+                assert_eq!(
+                    <Aarch64Codec<El2> as Codec>::decode(two, level),
+                    <Aarch64Codec as Codec>::decode(one, level)
+                );
+            }
+        }
+    }
+}

@@ -12,15 +12,19 @@
 //! - a table that is not installed: no barriers, no breaks.
 //!
 //! Every commit is planned first: `plan()` must predict the breaks and the invalidations.
+//!
+//! Every test runs for the EL1&0 and the EL2 regime: the sequences are the same (the real
+//! MMU issues TLBI VAE2IS / ALLE2IS instead of VAE1IS / VMALLE1IS at EL2, Arm ARM D8.14 and
+//! the TLBI descriptions; the DSB/ISB discipline does not depend on the Exception level).
 
-use txpaging::aarch64::{Aarch64Codec, PA_RANGE_48};
+use txpaging::aarch64::{Aarch64Codec, El1, El2, Regime, PA_RANGE_48};
 use txpaging::{
     Aarch64Config, Aarch64PageTable, Barrier, CommitReport, MemoryAttributes as MA, MmuOp, PagePool, PageTable,
     PagingType, PtError, RecordingMmu, Transaction, TxnError,
 };
 
-type Table = Aarch64PageTable<PagePool, RecordingMmu>;
-type Txn<'a> = Transaction<'a, Aarch64Codec, PagePool, RecordingMmu>;
+type Table<R = El1> = Aarch64PageTable<PagePool, RecordingMmu, R>;
+type Txn<'a, R = El1> = Transaction<'a, Aarch64Codec<R>, PagePool, RecordingMmu>;
 
 const KIB4: u64 = 0x1000;
 const MIB2: u64 = 0x20_0000;
@@ -36,8 +40,8 @@ const INSTRUCTIONS: MmuOp = MmuOp::Barrier(Barrier::Instructions);
 const PAGINGS: [PagingType; 2] = [PagingType::Paging4Level, PagingType::Paging3Level];
 
 /// A table built by `setup` (not live), then installed, with the MMU log cleared.
-fn live_table(paging: PagingType, setup: impl FnOnce(&mut Table)) -> Table {
-    let t = unlive_table(paging, setup);
+fn live_table<R: Regime>(paging: PagingType, setup: impl FnOnce(&mut Table<R>)) -> Table<R> {
+    let t = unlive_table::<R>(paging, setup);
     t.install_page_table().unwrap();
     assert!(t.is_live());
     assert!(matches!(t.mmu().take_log()[..], [MmuOp::Install(_)]));
@@ -45,12 +49,13 @@ fn live_table(paging: PagingType, setup: impl FnOnce(&mut Table)) -> Table {
 }
 
 /// A table built by `setup`, not installed, with the MMU log cleared.
-fn unlive_table(paging: PagingType, setup: impl FnOnce(&mut Table)) -> Table {
+fn unlive_table<R: Regime>(paging: PagingType, setup: impl FnOnce(&mut Table<R>)) -> Table<R> {
     let config = Aarch64Config {
         one_gib_blocks: true,
         pa_range: PA_RANGE_48,
     };
-    let mut t = Aarch64PageTable::with_mmu(PagePool::new(64), paging, config, RecordingMmu::new()).unwrap();
+    let mut t =
+        Aarch64PageTable::with_regime(PagePool::new(64), paging, config, RecordingMmu::new(), R::default()).unwrap();
     setup(&mut t);
     assert!(!t.is_live());
     t.mmu().take_log();
@@ -58,13 +63,13 @@ fn unlive_table(paging: PagingType, setup: impl FnOnce(&mut Table)) -> Table {
 }
 
 /// `BLOCK` mapped as one 2 MiB Writeback block.
-fn with_block(t: &mut Table) {
+fn with_block<R: Regime>(t: &mut Table<R>) {
     t.map_memory_region(BLOCK, MIB2, WB).unwrap();
 }
 
 /// Two pages in an L3 table: `BLOCK` (Writeback, execute-never) and `BLOCK + 4 KiB`
 /// (Writeback); the rest of the 2 MiB unmapped.
-fn with_pages(t: &mut Table) {
+fn with_pages<R: Regime>(t: &mut Table<R>) {
     t.map_memory_region(BLOCK, KIB4, WB | MA::ExecuteProtect).unwrap();
     t.map_memory_region(BLOCK + KIB4, KIB4, WB).unwrap();
 }
@@ -119,7 +124,7 @@ fn assert_log(got: &[MmuOp], want: &[MmuOp], what: impl std::fmt::Display) {
 }
 
 /// Bytes of every live pool page.
-fn snapshot(t: &Table) -> Vec<(u64, Vec<u8>)> {
+fn snapshot<R: Regime>(t: &Table<R>) -> Vec<(u64, Vec<u8>)> {
     let pool = t.allocator();
     pool.live().map(|pa| (pa, pool.page(pa).unwrap().to_vec())).collect()
 }
@@ -127,7 +132,7 @@ fn snapshot(t: &Table) -> Vec<(u64, Vec<u8>)> {
 /// Plans, then commits, the ops `queue` pushes. Checks that planning touched neither the
 /// table nor the MMU, that the plan predicted the report (breaks, invalidations, pages),
 /// and that the pool agrees with the report. Returns the report and the MMU log.
-fn commit(t: &mut Table, queue: impl Fn(&mut Txn<'_>)) -> (CommitReport, Vec<MmuOp>) {
+fn commit<R: Regime>(t: &mut Table<R>, queue: impl Fn(&mut Txn<'_, R>)) -> (CommitReport, Vec<MmuOp>) {
     let before = snapshot(t);
     let (live, allocations) = (t.allocator().live_pages(), t.allocator().allocations());
     let mut dry = t.transaction();
@@ -180,7 +185,7 @@ fn commit(t: &mut Table, queue: impl Fn(&mut Txn<'_>)) -> (CommitReport, Vec<Mmu
 
 /// Asserts that `queue` fails with `error` in `plan()` and `commit()`, and that the table is
 /// bit-for-bit unchanged, no page leaked or allocated, and no MMU op recorded.
-fn commit_fails(t: &mut Table, error: TxnError, queue: impl FnOnce(&mut Txn<'_>)) {
+fn commit_fails<R: Regime>(t: &mut Table<R>, error: TxnError, queue: impl FnOnce(&mut Txn<'_, R>)) {
     let before = snapshot(t);
     let (live, allocations) = (t.allocator().live_pages(), t.allocator().allocations());
     let mut txn = t.transaction();
@@ -209,8 +214,13 @@ fn counts(report: &CommitReport) -> (usize, usize, usize, usize) {
 /// into the new table before the link, so the make batch is empty.
 #[test]
 fn a_live_split_breaks_the_block_then_links_the_complete_table() {
+    a_live_split_breaks_the_block_then_links_the_complete_table_in::<El1>();
+    a_live_split_breaks_the_block_then_links_the_complete_table_in::<El2>();
+}
+
+fn a_live_split_breaks_the_block_then_links_the_complete_table_in<R: Regime>() {
     for paging in PAGINGS {
-        let mut t = live_table(paging, with_block);
+        let mut t = live_table::<R>(paging, with_block);
         assert_eq!(t.table_pages(), if paging == PagingType::Paging4Level { 3 } else { 2 });
         let (report, log) = commit(&mut t, |x| {
             x.protect(BLOCK + KIB4, KIB4, MA::ReadOnly);
@@ -232,7 +242,12 @@ fn a_live_split_breaks_the_block_then_links_the_complete_table() {
 /// walks).
 #[test]
 fn a_live_split_through_the_one_op_api() {
-    let mut t = live_table(PagingType::Paging4Level, with_block);
+    a_live_split_through_the_one_op_api_in::<El1>();
+    a_live_split_through_the_one_op_api_in::<El2>();
+}
+
+fn a_live_split_through_the_one_op_api_in<R: Regime>() {
+    let mut t = live_table::<R>(PagingType::Paging4Level, with_block);
     t.protect_memory_region(BLOCK + KIB4, KIB4, MA::ReadOnly).unwrap();
     assert_log(
         &t.mmu().take_log(),
@@ -270,9 +285,14 @@ fn phases(log: &[MmuOp]) -> (Option<Vec<MmuOp>>, Vec<MmuOp>) {
 /// ignored `bug_live_merge_*` tests below.)
 #[test]
 fn a_live_merge_breaks_the_table_descriptor_for_its_whole_range() {
+    a_live_merge_breaks_the_table_descriptor_for_its_whole_range_in::<El1>();
+    a_live_merge_breaks_the_table_descriptor_for_its_whole_range_in::<El2>();
+}
+
+fn a_live_merge_breaks_the_table_descriptor_for_its_whole_range_in<R: Regime>() {
     for paging in PAGINGS {
         for (changed, back) in [(MA::ReadOnly, MA::empty()), (MA::Uncached, WB)] {
-            let mut t = live_table(paging, with_block);
+            let mut t = live_table::<R>(paging, with_block);
             commit(&mut t, |x| {
                 x.protect(BLOCK + KIB4, KIB4, changed);
             });
@@ -303,9 +323,9 @@ fn a_live_merge_breaks_the_table_descriptor_for_its_whole_range() {
 
 /// What a live merge should issue: one break (the table descriptor), its 512 TLBIs, the
 /// block made, an empty make batch.
-fn check_exact_live_merge(changed: MA, back: MA) {
+fn check_exact_live_merge<R: Regime>(changed: MA, back: MA) {
     for paging in PAGINGS {
-        let mut t = live_table(paging, with_block);
+        let mut t = live_table::<R>(paging, with_block);
         commit(&mut t, |x| {
             x.protect(BLOCK + KIB4, KIB4, changed);
         });
@@ -324,19 +344,34 @@ fn check_exact_live_merge(changed: MA, back: MA) {
 
 #[test]
 fn live_merge_by_permission_change_makes_no_store_into_the_freed_table() {
-    check_exact_live_merge(MA::ReadOnly, MA::empty());
+    live_merge_by_permission_change_makes_no_store_into_the_freed_table_in::<El1>();
+    live_merge_by_permission_change_makes_no_store_into_the_freed_table_in::<El2>();
+}
+
+fn live_merge_by_permission_change_makes_no_store_into_the_freed_table_in<R: Regime>() {
+    check_exact_live_merge::<R>(MA::ReadOnly, MA::empty());
 }
 
 #[test]
 fn live_merge_by_memory_type_change_breaks_only_the_table_descriptor() {
-    check_exact_live_merge(MA::Uncached, WB);
+    live_merge_by_memory_type_change_breaks_only_the_table_descriptor_in::<El1>();
+    live_merge_by_memory_type_change_breaks_only_the_table_descriptor_in::<El2>();
+}
+
+fn live_merge_by_memory_type_change_breaks_only_the_table_descriptor_in<R: Regime>() {
+    check_exact_live_merge::<R>(MA::Uncached, WB);
 }
 
 /// Splitting a live 1 GiB block: one TLBI by VA, like a 2 MiB block.
 #[test]
 fn a_live_split_of_a_1gib_block_breaks_with_a_full_invalidation() {
+    a_live_split_of_a_1gib_block_breaks_with_a_full_invalidation_in::<El1>();
+    a_live_split_of_a_1gib_block_breaks_with_a_full_invalidation_in::<El2>();
+}
+
+fn a_live_split_of_a_1gib_block_breaks_with_a_full_invalidation_in<R: Regime>() {
     for paging in PAGINGS {
-        let mut t = live_table(paging, |t| t.map_memory_region(GIB, GIB, WB).unwrap());
+        let mut t = live_table::<R>(paging, |t| t.map_memory_region(GIB, GIB, WB).unwrap());
         let (report, log) = commit(&mut t, |x| {
             x.protect(GIB + 3 * MIB2, MIB2, MA::ExecuteProtect);
         });
@@ -356,8 +391,13 @@ fn a_live_split_of_a_1gib_block_breaks_with_a_full_invalidation() {
 /// then the make with an empty batch.
 #[test]
 fn b_a_memory_type_change_is_broken_then_made() {
+    b_a_memory_type_change_is_broken_then_made_in::<El1>();
+    b_a_memory_type_change_is_broken_then_made_in::<El2>();
+}
+
+fn b_a_memory_type_change_is_broken_then_made_in<R: Regime>() {
     for paging in PAGINGS {
-        let mut t = live_table(paging, with_pages);
+        let mut t = live_table::<R>(paging, with_pages);
         let page = BLOCK + KIB4;
         let (report, log) = commit(&mut t, |x| {
             x.protect(page, KIB4, MA::Uncached);
@@ -377,7 +417,12 @@ fn b_a_memory_type_change_is_broken_then_made() {
 /// A map over a mapped page to another output address is a break too.
 #[test]
 fn b_a_new_output_address_is_broken_then_made() {
-    let mut t = live_table(PagingType::Paging4Level, with_pages);
+    b_a_new_output_address_is_broken_then_made_in::<El1>();
+    b_a_new_output_address_is_broken_then_made_in::<El2>();
+}
+
+fn b_a_new_output_address_is_broken_then_made_in<R: Regime>() {
+    let mut t = live_table::<R>(PagingType::Paging4Level, with_pages);
     let page = BLOCK + KIB4;
     let (report, log) = commit(&mut t, |x| {
         x.map_aliased(page, 0x8000_0000, KIB4, WB);
@@ -390,8 +435,13 @@ fn b_a_new_output_address_is_broken_then_made() {
 /// (c) A permission-only change (ReadOnly added): no break, one batch after the store.
 #[test]
 fn c_a_permission_change_is_made_in_place() {
+    c_a_permission_change_is_made_in_place_in::<El1>();
+    c_a_permission_change_is_made_in_place_in::<El2>();
+}
+
+fn c_a_permission_change_is_made_in_place_in<R: Regime>() {
     for paging in PAGINGS {
-        let mut t = live_table(paging, with_pages);
+        let mut t = live_table::<R>(paging, with_pages);
         let page = BLOCK + KIB4;
         let (report, log) = commit(&mut t, |x| {
             x.protect(page, KIB4, MA::ReadOnly);
@@ -415,7 +465,12 @@ fn c_a_permission_change_is_made_in_place() {
 /// A permission change of a whole 2 MiB block: in place, and one TLBI for the block.
 #[test]
 fn c_a_permission_change_of_a_block_is_made_in_place() {
-    let mut t = live_table(PagingType::Paging4Level, with_block);
+    c_a_permission_change_of_a_block_is_made_in_place_in::<El1>();
+    c_a_permission_change_of_a_block_is_made_in_place_in::<El2>();
+}
+
+fn c_a_permission_change_of_a_block_is_made_in_place_in<R: Regime>() {
+    let mut t = live_table::<R>(PagingType::Paging4Level, with_block);
     let (report, log) = commit(&mut t, |x| {
         x.protect(BLOCK, MIB2, MA::ExecuteProtect);
     });
@@ -427,7 +482,12 @@ fn c_a_permission_change_of_a_block_is_made_in_place() {
 /// A break and an in-place change in one commit: two batches, the break's first.
 #[test]
 fn c_a_break_and_an_in_place_change_in_one_commit() {
-    let mut t = live_table(PagingType::Paging4Level, with_pages);
+    c_a_break_and_an_in_place_change_in_one_commit_in::<El1>();
+    c_a_break_and_an_in_place_change_in_one_commit_in::<El2>();
+}
+
+fn c_a_break_and_an_in_place_change_in_one_commit_in<R: Regime>() {
+    let mut t = live_table::<R>(PagingType::Paging4Level, with_pages);
     let (report, log) = commit(&mut t, |x| {
         x.protect(BLOCK, KIB4, MA::ReadOnly);
         x.protect(BLOCK + KIB4, KIB4, MA::WriteCombining);
@@ -444,8 +504,13 @@ fn c_a_break_and_an_in_place_change_in_one_commit() {
 /// L2 table, and a range that needs new tables.
 #[test]
 fn d_a_map_into_unmapped_space_issues_only_the_barriers() {
+    d_a_map_into_unmapped_space_issues_only_the_barriers_in::<El1>();
+    d_a_map_into_unmapped_space_issues_only_the_barriers_in::<El2>();
+}
+
+fn d_a_map_into_unmapped_space_issues_only_the_barriers_in<R: Regime>() {
     for paging in PAGINGS {
-        let mut t = live_table(paging, with_pages);
+        let mut t = live_table::<R>(paging, with_pages);
         let (report, log) = commit(&mut t, |x| {
             x.map(BLOCK + 8 * KIB4, 3 * KIB4, MA::WriteThrough);
         });
@@ -475,7 +540,12 @@ fn d_a_map_into_unmapped_space_issues_only_the_barriers() {
 /// (no TLBI), making a page ReadProtect stores invalid (no break, a TLBI after).
 #[test]
 fn d_read_protect_is_invalid_for_the_walker() {
-    let mut t = live_table(PagingType::Paging4Level, with_pages);
+    d_read_protect_is_invalid_for_the_walker_in::<El1>();
+    d_read_protect_is_invalid_for_the_walker_in::<El2>();
+}
+
+fn d_read_protect_is_invalid_for_the_walker_in<R: Regime>() {
+    let mut t = live_table::<R>(PagingType::Paging4Level, with_pages);
     let page = BLOCK + KIB4;
     let (report, log) = commit(&mut t, |x| {
         x.protect(page, KIB4, MA::ReadProtect);
@@ -495,12 +565,17 @@ fn d_read_protect_is_invalid_for_the_walker() {
 /// changes inside the pinned range, and breaks next to it, succeed.
 #[test]
 fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes() {
+    e_pinned_ranges_refuse_breaks_but_allow_permission_changes_in::<El1>();
+    e_pinned_ranges_refuse_breaks_but_allow_permission_changes_in::<El2>();
+}
+
+fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes_in<R: Regime>() {
     let pinned_break = TxnError {
         op: None,
         error: PtError::PinnedRangeBreak,
     };
     for paging in PAGINGS {
-        let mut t = live_table(paging, |t| {
+        let mut t = live_table::<R>(paging, |t| {
             with_block(t);
             // The next 2 MiB block, and two pages in an L3 table after it.
             t.map_memory_region(BLOCK + MIB2, MIB2, WB).unwrap();
@@ -560,7 +635,12 @@ fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes() {
 /// Pinning checks the range like any op.
 #[test]
 fn e_pin_range_checks_its_range() {
-    let mut t = live_table(PagingType::Paging3Level, with_block);
+    e_pin_range_checks_its_range_in::<El1>();
+    e_pin_range_checks_its_range_in::<El2>();
+}
+
+fn e_pin_range_checks_its_range_in<R: Regime>() {
+    let mut t = live_table::<R>(PagingType::Paging3Level, with_block);
     assert_eq!(t.pin_range(BLOCK, 0), Err(PtError::InvalidMemoryRange));
     assert_eq!(t.pin_range(BLOCK + 1, KIB4), Err(PtError::UnalignedAddress));
     assert_eq!(t.pin_range(1 << 39, KIB4), Err(PtError::InvalidMemoryRange));
@@ -571,9 +651,14 @@ fn e_pin_range_checks_its_range() {
 /// table ends up the same as the live one.
 #[test]
 fn f_a_table_nobody_walks_gets_no_barriers_and_no_breaks() {
+    f_a_table_nobody_walks_gets_no_barriers_and_no_breaks_in::<El1>();
+    f_a_table_nobody_walks_gets_no_barriers_and_no_breaks_in::<El2>();
+}
+
+fn f_a_table_nobody_walks_gets_no_barriers_and_no_breaks_in<R: Regime>() {
     for paging in PAGINGS {
-        let mut dead = unlive_table(paging, with_block);
-        let mut live = live_table(paging, with_block);
+        let mut dead = unlive_table::<R>(paging, with_block);
+        let mut live = live_table::<R>(paging, with_block);
         let steps: [(u64, u64, MA); 4] = [
             (BLOCK + KIB4, KIB4, MA::ReadOnly),
             (BLOCK + KIB4, KIB4, MA::Uncached),
@@ -598,7 +683,7 @@ fn f_a_table_nobody_walks_gets_no_barriers_and_no_breaks() {
         }
         // The split's and the memory type change's logs exactly: nothing at all, since no TLB
         // can hold a translation of a table nobody installed (installing ends with TLBI VMALLE1IS).
-        let mut dead = unlive_table(paging, with_block);
+        let mut dead = unlive_table::<R>(paging, with_block);
         let (report, log) = commit(&mut dead, |x| {
             x.protect(BLOCK + KIB4, KIB4, MA::ReadOnly);
         });

@@ -10,6 +10,7 @@
 mod model_support;
 
 use model_support::*;
+use txpaging::aarch64::El2;
 use txpaging::{MemoryAttributes as MA, PtError, TxnError};
 
 const X64_4L_1G: X64Cfg = X64Cfg {
@@ -107,6 +108,12 @@ model_tests! {
     allocation_failures_aarch64_3level_2m: allocation_failures(Aarch64Target, A64_3L_2M);
     allocation_failures_aarch64_4level_1g: allocation_failures(Aarch64Target, A64_4L_1G);
     allocation_failures_aarch64_4level_2m: allocation_failures(Aarch64Target, A64_4L_2M);
+    transactions_aarch64_el2_3level_2m: random_transactions(Aarch64Target<El2>, A64_3L_2M);
+    transactions_aarch64_el2_4level_1g: random_transactions(Aarch64Target<El2>, A64_4L_1G);
+    one_op_api_aarch64_el2_3level_1g: random_one_ops(Aarch64Target<El2>, A64_3L_1G);
+    one_op_api_aarch64_el2_4level_2m: random_one_ops(Aarch64Target<El2>, A64_4L_2M);
+    allocation_failures_aarch64_el2_3level_1g: allocation_failures(Aarch64Target<El2>, A64_3L_1G);
+    allocation_failures_aarch64_el2_4level_2m: allocation_failures(Aarch64Target<El2>, A64_4L_2M);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -504,7 +511,7 @@ const A64_CONFIGS: [(&str, Aarch64Cfg); 4] = [
 ];
 
 fn a64_shape(cfg: Aarch64Cfg) -> Shape {
-    Aarch64Target::build(cfg, 1).shape()
+    <Aarch64Target>::build(cfg, 1).shape()
 }
 
 #[test]
@@ -884,7 +891,7 @@ fn aarch64_decoder_rejects_foreign_bits() {
         assert!(t.decode(raw ^ (1 << 40), level).is_ok());
     }
     // A 1 GiB block where 1 GiB blocks are off.
-    let two_mib = Aarch64Target::build(A64_4L_2M, 4);
+    let two_mib = <Aarch64Target>::build(A64_4L_2M, 4);
     let &(_, gib_block) = leaves.iter().find(|&&(level, _)| level == 2).unwrap();
     assert!(two_mib.decode(gib_block, 2).is_err());
     // Table descriptors: 0b11 | address and nothing else.

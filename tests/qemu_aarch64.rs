@@ -6,6 +6,11 @@
 //! the value read). The expected outcome of every probe comes from the reference model fed
 //! the same ops (`tests/qemu_support/aarch64.rs` says how), never from the library.
 //!
+//! The `el2_*` tests do the same for the EL2 regime: the guest starts at EL2 under
+//! `-M virt,virtualization=on`, programs MAIR_EL2, TCR_EL2 and TTBR0_EL2 from an EL2 table's
+//! install request, and probes with `AT S1E2R` / `AT S1E2W` and real accesses (ESR_EL2,
+//! FAR_EL2).
+//!
 //! Needs `qemu-system-aarch64` (Debian package `qemu-system-arm`); without it each test
 //! prints a SKIP line, or fails when `TXPAGING_REQUIRE_QEMU=1`. Seeds: `TXPAGING_SEED` as
 //! for the model tests. `TXPAGING_KEEP_QEMU=1` keeps each run's RAM file, images and probe
@@ -21,12 +26,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use a64_probe::{
-    check, check_build, describe_walk, out_of_range_vas, probes_for, walk_image, Build, Checked, Runs, Walk, TABLES_PA,
-    WINDOW,
+    access_name, check, check_build, describe_walk, out_of_range_vas, probes_for, touches_el2_guest, walk_image, Build,
+    Checked, Runs, Walk, TABLES_PA, WINDOW,
 };
 use model_support::{base_seed, describe_ops, test_seed, Gen, MOp, ModelTarget, Rng, GIB, MIB2, PAGE};
 use model_support::{Aarch64Cfg, Aarch64Target};
 use qemu_support::{assert_no_mismatch, find_qemu, fold_ops, probe_vas, Access, Probe};
+use txpaging::aarch64::{El1, El2, Regime};
 use txpaging::{MemoryAttributes as MA, MmuOp, PageTable};
 
 const KIB4: u64 = PAGE;
@@ -94,10 +100,10 @@ impl Totals {
 
 /// Probes `build` at the model's interesting addresses plus `extra`, checks, and fails
 /// loudly on any disagreement (with the ops that built the table).
-fn probe_and_assert(
+fn probe_and_assert<R: Regime>(
     qemu: &Path,
     test: &str,
-    build: &Build,
+    build: &Build<R>,
     rng: &mut Rng,
     (samples, cap): (usize, usize),
     extra: &[u64],
@@ -235,14 +241,22 @@ fn firmware_batches() -> Vec<Vec<MOp>> {
 
 #[test]
 fn firmware_map_identity_and_folded() {
-    let test = "firmware_map_identity_and_folded";
+    firmware_map_at::<El1>("firmware_map_identity_and_folded");
+}
+
+#[test]
+fn el2_firmware_map_identity_and_folded() {
+    firmware_map_at::<El2>("el2_firmware_map_identity_and_folded");
+}
+
+fn firmware_map_at<R: Regime>(test: &'static str) {
     let Some(qemu) = qemu(test) else { return };
     let _replay = Replay(test);
     let mut totals = Totals::new();
     let mut rng = Rng::new(test_seed(test));
     for folded in [false, true] {
         for (three_level, one_gib) in [(false, true), (false, false)] {
-            let mut b = Build::new(three_level, one_gib);
+            let mut b = Build::<R>::new(three_level, one_gib);
             for batch in firmware_batches() {
                 let batch = if folded {
                     fold_ops(&batch, b.shape, WINDOW)
@@ -268,7 +282,15 @@ fn firmware_map_identity_and_folded() {
 
 #[test]
 fn splits_and_merges() {
-    let test = "splits_and_merges";
+    splits_and_merges_at::<El1>("splits_and_merges", &CONFIGS);
+}
+
+#[test]
+fn el2_splits_and_merges() {
+    splits_and_merges_at::<El2>("el2_splits_and_merges", &[CONFIGS[0], CONFIGS[3]]);
+}
+
+fn splits_and_merges_at<R: Regime>(test: &'static str, configs: &[(bool, bool)]) {
     let Some(qemu) = qemu(test) else { return };
     let _replay = Replay(test);
     let mut totals = Totals::new();
@@ -360,12 +382,18 @@ fn splits_and_merges() {
             }],
         ),
     ];
-    for (three_level, one_gib) in CONFIGS {
-        let mut b = Build::new(three_level, one_gib);
+    for &(three_level, one_gib) in configs {
+        let mut b = Build::<R>::new(three_level, one_gib);
+        // The root, plus at EL2 the tables of the guest's own mapping.
+        let base_pages = b.table.table_pages();
         for (i, (what, ops)) in stages.iter().enumerate() {
             b.ok(ops);
             if i == stages.len() - 1 {
-                assert_eq!(b.table.table_pages(), 1, "everything unmapped leaves only the root");
+                assert_eq!(
+                    b.table.table_pages(),
+                    base_pages,
+                    "everything unmapped leaves only the root (and the EL2 guest's tables)"
+                );
             }
             let name = format!("{test} stage {i} ({what})");
             probe_and_assert(&qemu, &name, &b, &mut rng, (800, 6000), &spots, &mut totals);
@@ -436,13 +464,21 @@ fn alias_batches(three_level: bool) -> Vec<Vec<MOp>> {
 
 #[test]
 fn aliases_and_space_edges() {
-    let test = "aliases_and_space_edges";
+    aliases_and_space_edges_at::<El1>("aliases_and_space_edges", &CONFIGS);
+}
+
+#[test]
+fn el2_aliases_and_space_edges() {
+    aliases_and_space_edges_at::<El2>("el2_aliases_and_space_edges", &[CONFIGS[1], CONFIGS[2]]);
+}
+
+fn aliases_and_space_edges_at<R: Regime>(test: &'static str, configs: &[(bool, bool)]) {
     let Some(qemu) = qemu(test) else { return };
     let _replay = Replay(test);
     let mut totals = Totals::new();
     let mut rng = Rng::new(test_seed(test));
-    for (three_level, one_gib) in CONFIGS {
-        let mut b = Build::new(three_level, one_gib);
+    for &(three_level, one_gib) in configs {
+        let mut b = Build::<R>::new(three_level, one_gib);
         for batch in alias_batches(three_level) {
             b.ok(&batch);
         }
@@ -458,12 +494,12 @@ fn aliases_and_space_edges() {
 
 /// Random transactions (model_support::Gen, the AArch64 windows), their output folded into
 /// the pattern window, several seeds per shape, probed after every few transactions.
-fn random_layouts(config: (bool, bool), test: &'static str) {
+fn random_layouts<R: Regime>(config: (bool, bool), test: &'static str) {
     let Some(qemu) = qemu(test) else { return };
     let _replay = Replay(test);
     let mut totals = Totals::new();
     let (three_level, one_gib_blocks) = config;
-    let target = Aarch64Target::build(
+    let target = <Aarch64Target>::build(
         Aarch64Cfg {
             three_level,
             one_gib_blocks,
@@ -474,10 +510,15 @@ fn random_layouts(config: (bool, bool), test: &'static str) {
     let (mut committed, mut failed) = (0, 0);
     for seed in 0..3u64 {
         let mut rng = Rng::new(test_seed(test) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut b = Build::new(three_level, one_gib_blocks);
+        let mut b = Build::<R>::new(three_level, one_gib_blocks);
         for checkpoint in 0..3 {
             for _ in 0..20 {
                 let ops = fold_ops(&gen.transaction::<Aarch64Target>(&mut rng, &b.model), b.shape, WINDOW);
+                // At EL2 the guest runs through its own 2 GiB of the table: leave it alone
+                // (the generator's windows never reach it; this only makes sure).
+                if R::EL == 2 && ops.iter().any(op_touches_el2_guest) {
+                    continue;
+                }
                 let one_op = ops.len() == 1 && rng.chance(50);
                 match b.apply(&ops, one_op) {
                     Ok(()) => committed += 1,
@@ -492,24 +533,44 @@ fn random_layouts(config: (bool, bool), test: &'static str) {
     totals.print(test);
 }
 
+fn op_touches_el2_guest(op: &MOp) -> bool {
+    let (va, size) = match *op {
+        MOp::Map { va, size, .. }
+        | MOp::MapAliased { va, size, .. }
+        | MOp::Unmap { va, size }
+        | MOp::Protect { va, size, .. } => (va, size),
+    };
+    touches_el2_guest(va, size)
+}
+
 #[test]
 fn random_layouts_4_level_1g() {
-    random_layouts(CONFIGS[0], "random_layouts_4_level_1g");
+    random_layouts::<El1>(CONFIGS[0], "random_layouts_4_level_1g");
 }
 
 #[test]
 fn random_layouts_4_level_2m() {
-    random_layouts(CONFIGS[1], "random_layouts_4_level_2m");
+    random_layouts::<El1>(CONFIGS[1], "random_layouts_4_level_2m");
 }
 
 #[test]
 fn random_layouts_3_level_1g() {
-    random_layouts(CONFIGS[2], "random_layouts_3_level_1g");
+    random_layouts::<El1>(CONFIGS[2], "random_layouts_3_level_1g");
 }
 
 #[test]
 fn random_layouts_3_level_2m() {
-    random_layouts(CONFIGS[3], "random_layouts_3_level_2m");
+    random_layouts::<El1>(CONFIGS[3], "random_layouts_3_level_2m");
+}
+
+#[test]
+fn el2_random_layouts_4_level_1g() {
+    random_layouts::<El2>(CONFIGS[0], "el2_random_layouts_4_level_1g");
+}
+
+#[test]
+fn el2_random_layouts_3_level_2m() {
+    random_layouts::<El2>(CONFIGS[3], "el2_random_layouts_3_level_2m");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -520,7 +581,7 @@ fn random_layouts_3_level_2m() {
 #[test]
 fn install_request_is_what_install_programs() {
     for (three_level, one_gib) in CONFIGS {
-        let b = Build::new(three_level, one_gib);
+        let b = <Build>::new(three_level, one_gib);
         b.table.install_page_table().expect("install on the recording MMU");
         let log = b.table.mmu().take_log();
         let installs: Vec<_> = log
@@ -535,6 +596,24 @@ fn install_request_is_what_install_programs() {
         assert_eq!(ttbr0, b.table.root());
         assert_eq!(mair >> 56, 0, "MAIR_EL1 Attr7 must stay free for the guest");
         assert_eq!(tcr & 0x3F, if three_level { 25 } else { 16 }, "T0SZ");
+
+        let b = Build::<El2>::new(three_level, one_gib);
+        b.table.install_page_table().expect("install on the recording MMU");
+        let installs: Vec<_> = b
+            .table
+            .mmu()
+            .take_log()
+            .into_iter()
+            .filter_map(|op| match op {
+                MmuOp::Install(request) => Some(request),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(installs, vec![b.table.install_request()]);
+        let (_, tcr, ttbr0) = b.install();
+        assert_eq!(ttbr0, b.table.root());
+        assert_eq!(tcr & 0x3F, if three_level { 25 } else { 16 }, "T0SZ");
+        assert_eq!(tcr & (1 << 31 | 1 << 23), 1 << 31 | 1 << 23, "TCR_EL2 RES1 bits");
     }
 }
 
@@ -545,7 +624,7 @@ fn negative_control_corrupted_descriptors() {
     let test = "negative_control_corrupted_descriptors";
     let Some(qemu) = qemu(test) else { return };
     let _replay = Replay(test);
-    let mut b = Build::new(false, true);
+    let mut b = <Build>::new(false, true);
     for batch in alias_batches(false) {
         b.ok(&batch);
     }
@@ -567,7 +646,7 @@ fn negative_control_corrupted_descriptors() {
     let probes = probes_for(&runs, b.shape, &vas);
 
     // The untouched image passes.
-    let clean = check(&qemu, test, &b.model, b.shape, &image, install, &probes);
+    let clean = check(&qemu, test, 1, &b.model, b.shape, &image, install, &probes);
     assert_no_mismatch(&format!("{test} (clean image)"), clean.probes, &clean.mismatches);
 
     // (VA whose leaf is changed, what is changed, bits to flip, the access that must notice).
@@ -595,7 +674,7 @@ fn negative_control_corrupted_descriptors() {
         let off = (leaf.at - TABLES_PA) as usize;
         let raw = leaf.raw ^ flip;
         bad[off..off + 8].copy_from_slice(&raw.to_le_bytes());
-        let checked = check(&qemu, test, &b.model, b.shape, &bad, install, &probes);
+        let checked = check(&qemu, test, 1, &b.model, b.shape, &bad, install, &probes);
         let named = format!("{va:#x}");
         let hit = checked
             .mismatches
@@ -630,7 +709,7 @@ fn negative_control_corrupted_descriptors() {
             (install.0, install.1 + 9, install.2),
         ),
     ] {
-        let checked = check(&qemu, test, &b.model, b.shape, &image, bad_install, &probes);
+        let checked = check(&qemu, test, 1, &b.model, b.shape, &image, bad_install, &probes);
         assert!(
             !checked.mismatches.is_empty(),
             "negative control `{what}` was not noticed"
@@ -650,16 +729,90 @@ fn negative_control_corrupted_descriptors() {
     }];
     let mut other = b.model.clone();
     other.map(0x1000, 0x2000, WINDOW + 0x6000, MA::Writeback);
-    let checked = check(&qemu, test, &other, b.shape, &image, install, &wrong);
+    let checked = check(&qemu, test, 1, &other, b.shape, &image, install, &wrong);
     assert_eq!(checked.mismatches.len(), 1, "{:?}", checked.mismatches);
 }
 
 fn access_label(access: Access) -> &'static str {
-    match access {
-        Access::Read => "load",
-        Access::Write => "store",
-        Access::Execute => "branch",
-        Access::AtRead => "AT S1E1R",
-        Access::AtWrite => "AT S1E1W",
+    access_name(access, 1)
+}
+
+/// At EL2: descriptors changed on purpose in the EL2-specific bits (XN at bit 54, AP[2]) are
+/// reported for the probes they affect, and an EL2 table run at EL1 (the guest then programs
+/// the EL1 registers) or a TCR_EL2 walked with the wrong size are noticed.
+#[test]
+fn el2_negative_control_corrupted_descriptors() {
+    let test = "el2_negative_control_corrupted_descriptors";
+    let Some(qemu) = qemu(test) else { return };
+    let _replay = Replay(test);
+    let mut b = Build::<El2>::new(false, true);
+    for batch in alias_batches(false) {
+        b.ok(&batch);
     }
+    let image = b.image();
+    let install = b.install();
+    let runs = Runs::new(&b.model);
+    let vas: Vec<u64> = vec![0x1000, 0x2000, 0x4000, 0x6000, 0x20_0000, 0x20_1008, GIB + 0x1238];
+    let probes = probes_for(&runs, b.shape, &vas);
+    let clean = check(&qemu, test, 2, &b.model, b.shape, &image, install, &probes);
+    assert_no_mismatch(&format!("{test} (clean image)"), clean.probes, &clean.mismatches);
+
+    // (VA whose leaf is changed, what, bits to flip, the probe that must notice).
+    let cases: [(u64, &str, u64, Access); 4] = [
+        (0x1000, "AP[2] set (read-only)", 1 << 7, Access::AtWrite),
+        (0x1000, "XN (bit 54) set", 1 << 54, Access::Execute),
+        (
+            GIB + 0x1238,
+            "XN (bit 54) set on a 1 GiB block",
+            1 << 54,
+            Access::Execute,
+        ),
+        (0x20_0000, "output address + 2 MiB (2 MiB block)", 1 << 21, Access::Read),
+    ];
+    for (va, what, flip, access) in cases {
+        let leaf = *walk_image(&image, install.2, b.shape.levels, va)
+            .last()
+            .expect("a walk");
+        let mut bad = image.clone();
+        let off = (leaf.at - TABLES_PA) as usize;
+        let raw = leaf.raw ^ flip;
+        bad[off..off + 8].copy_from_slice(&raw.to_le_bytes());
+        let checked = check(&qemu, test, 2, &b.model, b.shape, &bad, install, &probes);
+        let hit = checked
+            .mismatches
+            .iter()
+            .find(|m| m.contains(&format!("{} {va:#x}", access_name(access, 2))));
+        assert!(
+            hit.is_some(),
+            "EL2 negative control `{what}` at {va:#x} was not reported; {} mismatches:\n{}",
+            checked.mismatches.len(),
+            checked.mismatches.join("\n")
+        );
+        println!(
+            "EL2 negative control `{what}` at {va:#x}: {} probes disagree, e.g.\n{}",
+            checked.mismatches.len(),
+            hit.unwrap()
+        );
+    }
+    // Bit 53 is RES0 at EL2 and does not forbid execution there: a table that wrote PXN for
+    // ExecuteProtect (the EL1&0 encoding) would let EL2 execute. Clearing XN and setting PXN
+    // on the execute-protected Normal page at 0x6000 must be noticed.
+    let leaf = *walk_image(&image, install.2, b.shape.levels, 0x6000).last().unwrap();
+    let mut bad = image.clone();
+    let off = (leaf.at - TABLES_PA) as usize;
+    let raw = (leaf.raw & !(1 << 54)) | 1 << 53;
+    bad[off..off + 8].copy_from_slice(&raw.to_le_bytes());
+    let checked = check(&qemu, test, 2, &b.model, b.shape, &bad, install, &probes);
+    assert!(
+        checked.mismatches.iter().any(|m| m.contains("branch 0x6000")),
+        "PXN instead of XN at EL2 was not noticed: {:?}",
+        checked.mismatches
+    );
+    // The EL2 table run at EL1 (the guest programs the EL1 registers): noticed.
+    let checked = check(&qemu, test, 1, &b.model, b.shape, &image, install, &probes);
+    assert!(
+        !checked.mismatches.is_empty(),
+        "an EL2 table probed at EL1 was not noticed"
+    );
+    println!("EL2 table probed at EL1: {} mismatches", checked.mismatches.len());
 }

@@ -7,7 +7,9 @@
 // Run: qemu-system-aarch64 -M virt,memory-backend=ram -cpu max -m 2G -nographic -no-reboot
 //      -nodefaults -semihosting -kernel probe.elf  + RAM file + -device loader (tables, probes)
 // -M virt without virtualization=on / secure=on starts an ELF kernel at EL1, MMU off, at
-// its entry point, with every DAIF bit set.
+// its entry point, with every DAIF bit set; with virtualization=on it starts it at EL2, and
+// the guest then probes the EL2 regime (HCR_EL2.E2H = 0): TTBR0_EL2, AT S1E2R/S1E2W,
+// ESR_EL2/FAR_EL2.
 //
 // Memory (physical):
 //   0x4000_0000  RAM base (QEMU may put the DTB here)
@@ -16,16 +18,21 @@
 //   results PA   (from the probe block): results, to the host
 //   0x8000_0000  the 1 GiB pattern window (patterns written here, probed through the tables)
 //
-// Virtual: the guest runs from TTBR1, at HIGH + PA for all of RAM [0x4000_0000,
+// Virtual, at EL1: the guest runs from TTBR1, at HIGH + PA for all of RAM [0x4000_0000,
 // 0xC000_0000) (T1SZ = 25, 39-bit, two 1 GiB blocks, Normal Write-Back through AttrIndx 7).
 // TTBR0 holds only the tables under test once they are installed.
+// Virtual, at EL2: the EL2 regime has TTBR0_EL2 only, so the guest runs at EL2_GUEST_VA +
+// (PA - RAM_LO) for all of RAM, first through its own boot table, then through the tables
+// under test, which must map that 2 GiB the same way (the host maps it with the library, as
+// part of the table and of the model: Writeback, read/write, executable).
 //
 // Registers kept across probes (the exception handler uses x0-x15 only):
 //   x19 probe record (VA)        x20 result record (VA)      x21 recovery address
 //   x22 1 while a probe access is in flight
 //   x23 probe index              x24 probe count N           x25 results area VA (0 = unknown)
-//   x26 HIGH                     x27 1 while in the exception handler
-//   x28 probe block VA
+//   x26 VA - PA of the guest's own mapping (HIGH at EL1, EL2_OFFSET at EL2)
+//   x27 1 while in the exception handler
+//   x28 probe block VA           x17 the Exception level (1 or 2)
 
         .equ HIGH,            0xFFFFFF8000000000   // TTBR1 base for T1SZ = 25
         .equ RAM_LO,          0x40000000
@@ -35,6 +42,8 @@
         .equ PROBE_MAGIC,     0x3145424F52505854   // "TXPROBE1"
         .equ DONE_MAGIC,      0x21454E4F44505854   // "TXPDONE!"
         .equ RET_INSN,        0xD65F03C0           // ret
+        .equ EL2_GUEST_VA,    0x7E00000000         // 504 GiB: inside 39- and 48-bit spaces
+        .equ EL2_OFFSET,      (EL2_GUEST_VA - RAM_LO)
 
         // MAIR_EL1 index the guest takes for its own Write-Back mapping: must be 0 (unused)
         // in the library's MAIR_EL1.
@@ -44,6 +53,24 @@
         // Block descriptor for the guest's 1 GiB blocks (Arm ARM D8.3): bits 1:0 = 0b01,
         // AttrIndx 7 (bits 4:2), AP = 0b00 (EL1 read/write), SH = 0b11, AF = 1, executable.
         .equ BLOCK,           (1 | (GUEST_ATTR << 2) | (3 << 8) | (1 << 10))
+
+        // EL2 (Arm ARM, the EL2 registers with HCR_EL2.E2H = 0). HCR_EL2: RW (bit 31) only:
+        // E2H = 0 (the non-VHE EL2 regime), TGE = 0.
+        .equ HCR_EL2_VALUE,   (1 << 31)
+        // Boot block descriptor at EL2: as BLOCK, with AP[1] (bit 6) set, RES1 in a regime with
+        // one Exception level (D8.4.1.2).
+        .equ BLOCK_EL2,       (BLOCK | (1 << 6))
+        // TCR_EL2 for the boot table: T0SZ = 25 (walks start at L1), WB RA/WA inner-shareable
+        // walks, TG0 4 KiB, PS = 0b101 (48 bits, bits 18:16), RES1 bits 31 and 23; or T0SZ =
+        // 16 (walks start at L0) when the library's table has 4 levels. The guest keeps
+        // running through TTBR0_EL2 while it switches, so the boot table is walked with the
+        // library's T0SZ: a TCR_EL2 write may take effect before the TTBR0_EL2 write.
+        .equ TCR_EL2_BOOT,    (TCR_T0 | (5 << 16) | (1 << 23) | (1 << 31))
+        .equ TCR_T0_48,       (16 | (1 << 8) | (1 << 10) | (3 << 12))
+        .equ TCR_EL2_BOOT_48, (TCR_T0_48 | (5 << 16) | (1 << 23) | (1 << 31))
+        // SCTLR_EL2 (E2H = 0): M, C, SA, I, plus the Armv8.0 RES1 bits 4, 5, 11, 16, 18, 22,
+        // 23, 28, 29. A = 0, WXN = 0, EE = 0.
+        .equ SCTLR_EL2_VALUE, (1 | (1 << 2) | (1 << 3) | (1 << 12) | 0x30C50830)
 
         // TCR_EL1 for the boot tables: T0SZ = T1SZ = 25 (39 bits, walks start at L1), 4 KiB
         // granules (TG0 = 0b00, TG1 = 0b10), walks Inner/Outer WB RA/WA, Inner Shareable,
@@ -72,7 +99,7 @@
         .equ EXIT_GUEST_ERR,  1     // guest error recorded in the results header
         .equ EXIT_NO_RESULTS, 2     // error before the results area was known (code in x0)
         .equ EXIT_NESTED,     3     // exception inside the exception handler
-        .equ EXIT_NOT_EL1,    4     // not started at EL1
+        .equ EXIT_BAD_EL,     4     // not started at EL1 or EL2
 
         // Guest error codes (results 0x10; detail at 0x18).
         .equ GE_MAIR_SLOT,    0x10  // library MAIR_EL1 uses Attr7; detail = MAIR
@@ -81,9 +108,9 @@
         .equ GE_OUTSIDE,      0x20  // exception with no probe in flight; detail = ESR
         .equ GE_VECTOR,       0x21  // exception through another vector; detail = ESR
         // Results header words the guest adds (spec: 0x20..0x100 free): 0x20 ELR, 0x28 FAR,
-        // 0x30 vector number, 0x38 SPSR of a guest error exception; 0x40 MAIR_EL1, 0x48
-        // TCR_EL1, 0x50 TTBR0_EL1, 0x58 SCTLR_EL1 read back after the switch; 0x60
-        // ID_AA64MMFR0_EL1; 0x68 probe index of a guest error.
+        // 0x30 vector number, 0x38 SPSR of a guest error exception; 0x40 MAIR_ELx, 0x48
+        // TCR_ELx, 0x50 TTBR0_ELx, 0x58 SCTLR_ELx read back after the switch; 0x60
+        // ID_AA64MMFR0_EL1; 0x68 probe index of a guest error; 0x70 the Exception level.
 
         .section .text.boot, "ax"
         .global _start
@@ -95,10 +122,12 @@ _start:
         adr     x0, stack_top
         mov     sp, x0
         mrs     x0, CurrentEL
-        ubfx    x0, x0, #2, #2
-        cmp     x0, #1
+        ubfx    x17, x0, #2, #2
+        cmp     x17, #1
         b.eq    1f
-        mov     x0, #EXIT_NOT_EL1
+        cmp     x17, #2
+        b.eq    boot_el2
+        mov     x0, #EXIT_BAD_EL
         b       semihost_exit
 1:
         adr     x0, vectors
@@ -125,11 +154,56 @@ _start:
         add     x0, x0, x26
         br      x0
 
+// EL2: one boot table in TTBR0_EL2 (identity of RAM's first GiB, and the guest's 2 GiB at
+// EL2_GUEST_VA), walked with the library's T0SZ (16: from boot_l0_el2; else 25: from
+// boot_l1_el2), MAIR_EL2 = the library's value with Attr7 for the boot table (so the
+// library's own mapping of the guest means the same while the tables are switched); then
+// on to the EL2_GUEST_VA alias. The probe block is only read here (MMU off), checked later.
+boot_el2:
+        ldr     x0, =HCR_EL2_VALUE
+        msr     hcr_el2, x0
+        adr     x0, vectors
+        msr     vbar_el2, x0
+        ldr     x3, =PROBES_PA
+        ldr     x0, [x3, #32]                 // the library's MAIR_EL2
+        bic     x0, x0, #(0xFF << (8 * GUEST_ATTR))
+        ldr     x1, =MAIR_BOOT
+        orr     x0, x0, x1
+        msr     mair_el2, x0
+        ldr     x1, [x3, #40]                 // the library's TCR_EL2
+        and     x1, x1, #0x3F                 // its T0SZ
+        ldr     x0, =TCR_EL2_BOOT
+        adr     x2, boot_l1_el2
+        cmp     x1, #16
+        b.ne    1f
+        ldr     x0, =TCR_EL2_BOOT_48
+        adr     x2, boot_l0_el2
+1:
+        msr     tcr_el2, x0
+        msr     ttbr0_el2, x2
+        isb
+        tlbi    alle2
+        dsb     nsh
+        isb
+        ldr     x0, =SCTLR_EL2_VALUE
+        msr     sctlr_el2, x0
+        isb
+        ldr     x26, =EL2_OFFSET
+        adr     x0, high_entry
+        add     x0, x0, x26
+        br      x0
+
 high_entry:
         adr     x0, stack_top
         mov     sp, x0
         adr     x0, vectors
+        cmp     x17, #2
+        b.eq    1f
         msr     vbar_el1, x0
+        b       2f
+1:
+        msr     vbar_el2, x0
+2:
         isb
 
         // The probe block.
@@ -174,6 +248,8 @@ bad_block:
         // Switch to the tables under test (params at 0x20: MAIR, TCR, TTBR0).
         ldp     x0, x1, [x28, #32]
         ldr     x2, [x28, #48]
+        cmp     x17, #2
+        b.eq    switch_el2
         lsr     x3, x0, #(8 * GUEST_ATTR)
         cbz     x3, 3f
         mov     x1, x0
@@ -199,8 +275,32 @@ bad_block:
         mrs     x0, ttbr0_el1
         mrs     x1, sctlr_el1
         stp     x0, x1, [x25, #0x50]
+        b       switched
+
+// EL2: the library's TCR_EL2, TTBR0_EL2 and MAIR_EL2 exactly as given. The guest keeps
+// running through them: they map its 2 GiB at EL2_GUEST_VA like the boot table, with the
+// same T0SZ, and the boot MAIR_EL2 already holds the library's memory types; Attr7 (the
+// boot table's) goes last, once TTBR0_EL2 no longer points at the boot table.
+switch_el2:
+        msr     tcr_el2, x1
+        msr     ttbr0_el2, x2
+        isb
+        msr     mair_el2, x0
+        isb
+        tlbi    alle2
+        dsb     ish
+        isb
+        mrs     x0, mair_el2
+        mrs     x1, tcr_el2
+        stp     x0, x1, [x25, #0x40]
+        mrs     x0, ttbr0_el2
+        mrs     x1, sctlr_el2
+        stp     x0, x1, [x25, #0x50]
+
+switched:
         mrs     x0, id_aa64mmfr0_el1
         str     x0, [x25, #0x60]
+        str     x17, [x25, #0x70]
 
         // The probes.
         mov     x23, #0
@@ -282,14 +382,26 @@ do_execute:
         b       probe_end
 
 do_at_read:
+        cmp     x17, #2
+        b.eq    1f
         at      s1e1r, x0
+        b       2f
+1:
+        at      s1e2r, x0
+2:
         isb
         mrs     x3, par_el1
         str     x3, [x20, #16]
         b       probe_end
 
 do_at_write:
+        cmp     x17, #2
+        b.eq    1f
         at      s1e1w, x0
+        b       2f
+1:
+        at      s1e2w, x0
+2:
         isb
         mrs     x3, par_el1
         str     x3, [x20, #16]
@@ -346,24 +458,39 @@ semihost_exit:
         b       .
 
 // Exceptions. x9 = vector number (0-15, offset / 0x80). Only a synchronous exception from
-// the current EL with SP_EL1 (vector 4) while a probe is in flight is expected: it is
-// recorded in the current result (status 1, ESR_EL1, FAR_EL1) and the probe resumes at its
+// the current EL with SP_ELx (vector 4) while a probe is in flight is expected: it is
+// recorded in the current result (status 1, ESR_ELx, FAR_ELx) and the probe resumes at its
 // recovery address x21. Anything else is a guest error.
 exception:
         cbnz    x27, nested
         mov     x27, #1
+        cmp     x17, #2
+        b.eq    1f
         mrs     x10, esr_el1
         mrs     x11, far_el1
         mrs     x12, elr_el1
         mrs     x13, spsr_el1
+        b       2f
+1:
+        mrs     x10, esr_el2
+        mrs     x11, far_el2
+        mrs     x12, elr_el2
+        mrs     x13, spsr_el2
+2:
         cmp     x9, #4
         b.ne    exc_unexpected
         cbz     x22, exc_outside
         mov     x14, #1
-        stp     x14, x10, [x20]               // status 1, syndrome ESR_EL1
-        str     x11, [x20, #24]               // address FAR_EL1
+        stp     x14, x10, [x20]               // status 1, syndrome ESR_ELx
+        str     x11, [x20, #24]               // address FAR_ELx
         mov     x22, #0
+        cmp     x17, #2
+        b.eq    1f
         msr     elr_el1, x21
+        b       2f
+1:
+        msr     elr_el2, x21
+2:
         mov     x27, #0
         eret
 exc_outside:
@@ -383,7 +510,7 @@ nested:
 
         .ltorg
 
-// The vector table (VBAR_EL1 needs 2 KiB alignment): 16 entries of 0x80 bytes, each
+// The vector table (VBAR_EL1 and VBAR_EL2 need 2 KiB alignment): 16 entries of 0x80 bytes, each
 // noting its number and branching to the common handler.
         .balign 2048
 vectors:
@@ -405,6 +532,16 @@ boot_l1_identity:                             // TTBR0 while turning the MMU on:
         .quad   0
         .quad   0x40000000 | BLOCK
         .fill   510, 8, 0
+boot_l0_el2:                                  // TTBR0_EL2 at boot for T0SZ = 16 (L0)
+        .quad   boot_l1_el2 + 3               // [0] table descriptor -> boot_l1_el2
+        .fill   511, 8, 0
+boot_l1_el2:                                  // TTBR0_EL2 at boot for T0SZ = 25 (L1)
+        .quad   0
+        .quad   0x40000000 | BLOCK_EL2        // identity of RAM's first GiB
+        .fill   502, 8, 0
+        .quad   0x40000000 | BLOCK_EL2        // [504] EL2_GUEST_VA -> RAM's first GiB
+        .quad   0x80000000 | BLOCK_EL2        // [505] EL2_GUEST_VA + 1 GiB -> the window GiB
+        .fill   6, 8, 0
         .balign 16
 stack:
         .fill   4096, 1, 0

@@ -1,5 +1,7 @@
-//! AArch64 descriptor encoding (VMSAv8-64, stage 1, EL1&0 regime, 4 KiB granule) and the
-//! MAIR_EL1 / TCR_EL1 values that give the descriptors their meaning.
+//! AArch64 descriptor encoding (VMSAv8-64, stage 1, EL1&0 and EL2 regimes, 4 KiB granule)
+//! and the MAIR_ELx / TCR_EL1 values that give the descriptors their meaning. The EL2
+//! differences (one execute-never bit, AP\[1\] RES1, nG RES0, TCR_EL2) are in
+//! [`regime`](super::regime); the table below is the EL1&0 encoding.
 //!
 //! "Arm ARM" is the Arm Architecture Reference Manual for A-profile, DDI 0487. Section
 //! numbers are those of issue J.a; titles are given too, since later issues renumber.
@@ -35,7 +37,11 @@
 //! break-before-make when updating translation table entries", D8.13.1 in issue I.a, D8.16.1
 //! in issue K.a), rule R_WHZWS.
 
+use core::marker::PhantomData;
+
 use txpaging_txn::{Codec, Entry, Geometry, MemoryAttributes, PtError, PAGE_SIZE};
+
+use super::regime::{El1, Regime};
 
 /// Valid descriptor.
 pub const VALID: u64 = 1 << 0;
@@ -209,7 +215,8 @@ pub const fn tcr_el1(va_bits: u32, pa_range: u8) -> u64 {
 
 /// The operand of `TLBI VAE1IS` for `va`: VA\[55:12\] in bits 43:0 whatever the granule
 /// (never shifted by the granule size), ASID (bits 63:48) 0, TTL (bits 47:44) 0 (no level
-/// hint). Arm ARM, TLBI VAE1IS register description.
+/// hint). Arm ARM, TLBI VAE1IS register description. TLBI VAE2IS takes the same operand
+/// (its ASID field is RES0: the EL2 regime has no ASIDs).
 #[inline]
 pub const fn tlbi_va_operand(va: u64) -> u64 {
     (va >> 12) & ((1 << 44) - 1)
@@ -235,19 +242,20 @@ fn check_attributes(attributes: MemoryAttributes, min: u32) -> Result<(), PtErro
 /// software bits, and nG 0 -> 1 (checked separately).
 const CHANGE_IN_PLACE: u64 = AP_EL0 | AP_READ_ONLY | AF | NG | DBM | PXN | UXN | SOFTWARE_MASK;
 
-/// The AArch64 codec. Levels count from the leaf: level 0 = L3 (pages), 1 = L2 (2 MiB
-/// blocks), 2 = L1 (1 GiB blocks), 3 = L0 (tables only).
+/// The AArch64 codec of regime `R` ([`El1`] by default). Levels count from the leaf:
+/// level 0 = L3 (pages), 1 = L2 (2 MiB blocks), 2 = L1 (1 GiB blocks), 3 = L0 (tables only).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Aarch64Codec;
+pub struct Aarch64Codec<R: Regime = El1>(PhantomData<R>);
 
-impl Codec for Aarch64Codec {
-    /// Linux and Hafnium without FEAT_TLBIRANGE: up to 512 `TLBI VAE1IS`, then `TLBI VMALLE1IS`.
+impl<R: Regime> Codec for Aarch64Codec<R> {
+    /// Linux and Hafnium without FEAT_TLBIRANGE: up to 512 `TLBI VAE1IS` (VAE2IS), then
+    /// `TLBI VMALLE1IS` (ALLE2IS).
     const PAGE_INVALIDATION_LIMIT: usize = 512;
 
     /// Commits on a live table issue DSB/ISB between their phases.
     const USES_BARRIERS: bool = true;
 
-    /// A table being built needs no TLBI: installing it ends with `TLBI VMALLE1IS`.
+    /// A table being built needs no TLBI: installing it ends with `TLBI VMALLE1IS` (ALLE2IS).
     const NOT_LIVE_NEEDS_NO_INVALIDATION: bool = true;
 
     #[inline]
@@ -282,10 +290,11 @@ impl Codec for Aarch64Codec {
         let mut attributes = CACHE_OF_ATTR_INDEX[((raw & ATTR_INDEX_MASK) >> ATTR_INDEX_SHIFT) as usize];
         attributes.set(MemoryAttributes::ReadProtect, !valid);
         attributes.set(MemoryAttributes::ReadOnly, raw & AP_READ_ONLY != 0);
-        // PXN decides execution at EL1, where firmware runs; UXN is always written equal.
+        // The execute-never bit of the regime's privileged level: PXN at EL1&0 (UXN is
+        // always written equal), XN (bit 54) at EL2.
         attributes.set(
             MemoryAttributes::ExecuteProtect,
-            raw & PXN != 0 && raw & SW_XN_FORCED == 0,
+            raw & R::PRIVILEGED_EXECUTE_NEVER != 0 && raw & SW_XN_FORCED == 0,
         );
         Entry::Leaf {
             pa: raw & output_address_mask(level),
@@ -296,7 +305,8 @@ impl Codec for Aarch64Codec {
     #[inline]
     fn encode_leaf(pa: u64, attributes: MemoryAttributes, level: u8) -> u64 {
         let index = attr_index(attributes.cache());
-        let mut raw = (pa & output_address_mask(level)) | AF | SH_INNER | index << ATTR_INDEX_SHIFT | VALID;
+        let mut raw =
+            (pa & output_address_mask(level)) | AF | SH_INNER | index << ATTR_INDEX_SHIFT | R::LEAF_RES1 | VALID;
         if level == 0 {
             raw |= TABLE_OR_PAGE;
         }
@@ -305,7 +315,8 @@ impl Codec for Aarch64Codec {
         }
         let execute_protect = attributes.contains(MemoryAttributes::ExecuteProtect);
         if execute_protect || is_device(index) {
-            raw |= UXN | PXN;
+            // UXN | PXN at EL1&0; XN (bit 54) alone at EL2, where bit 53 is RES0.
+            raw |= R::EXECUTE_NEVER;
             if !execute_protect {
                 raw |= SW_XN_FORCED;
             }

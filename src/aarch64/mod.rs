@@ -1,6 +1,15 @@
-//! AArch64 page tables (VMSAv8-64 stage 1, EL1&0 regime, TTBR0): 4 KiB granule, 48-bit
-//! (4 levels, L0-L3) or 39-bit (3 levels, L1-L3) virtual addresses, 1 GiB blocks at L1,
-//! 2 MiB blocks at L2, pages at L3.
+//! AArch64 page tables (VMSAv8-64 stage 1, TTBR0 of the EL1&0 regime or of the non-VHE EL2
+//! regime): 4 KiB granule, 48-bit (4 levels, L0-L3) or 39-bit (3 levels, L1-L3) virtual
+//! addresses, 1 GiB blocks at L1, 2 MiB blocks at L2, pages at L3.
+//!
+//! The regime is a type parameter: [`Aarch64PageTable<P, M, R>`] with `R` = [`El1`] (the
+//! default) or [`El2`] ([`Aarch64El2PageTable`]); [`regime`] lists what differs. On target,
+//! `CurrentElPageTable::new_for_current_el` picks the regime from `CurrentEL`
+//! ([`CurrentElPageTable::new_for_el`] on any target).
+//!
+//! A table built by someone else (the firmware's) is read with
+//! [`foreign::existing_regions`] under the MAIR in force, or adopted in place with
+//! [`Aarch64PageTable::from_existing_with_mair`] when its memory types agree with ours.
 //!
 //! Commits on an installed table follow break-before-make (see the classification in
 //! [`Aarch64Codec`]'s [`Codec::needs_break`](txpaging_txn::Codec::needs_break) and
@@ -10,24 +19,28 @@
 //!
 //! [`PageTable::install_page_table`] hands the MMU an [`InstallRequest::Aarch64`] holding
 //! MAIR_EL1 = [`MAIR_LAYOUT`], TCR_EL1 = [`tcr_el1`]`(va_bits, config.pa_range)` and
-//! TTBR0_EL1 = the root (ASID 0). The real MMU (`Aarch64Mmu`, the default on bare-metal and
-//! UEFI aarch64 targets) then runs, at EL1:
+//! TTBR0_EL1 = the root (ASID 0); for an EL2 table an [`InstallRequest::Aarch64El2`] with
+//! MAIR_EL2 = [`MAIR_LAYOUT`], TCR_EL2 = [`tcr_el2`]`(va_bits, config.pa_range)` and
+//! TTBR0_EL2 = the root. The real MMU (`Aarch64Mmu<R>`, the default on bare-metal and
+//! UEFI aarch64 targets) then runs, at EL1 (EL2):
 //!
 //! 1. `DSB ISHST`: the table stores are visible to the walkers;
-//! 2. `MSR MAIR_EL1`, `MSR TCR_EL1`, `MSR TTBR0_EL1`;
+//! 2. `MSR MAIR_EL1`, `MSR TCR_EL1`, `MSR TTBR0_EL1` (the `_EL2` registers);
 //! 3. `ISB`: the new registers are in effect;
-//! 4. `TLBI VMALLE1IS`, `DSB ISH`, `ISB`: nothing cached from the previous table survives
-//!    (the entries are global, so a TTBR0 switch alone would not drop them).
+//! 4. `TLBI VMALLE1IS` (`TLBI ALLE2IS`), `DSB ISH`, `ISB`: nothing cached from the previous
+//!    table survives (the entries are global, so a TTBR0 switch alone would not drop them).
 //!
-//! SCTLR_EL1 is left alone: if the MMU is off, turning it on (SCTLR_EL1.M, with C and I) is
+//! SCTLR_ELx is left alone: if the MMU is off, turning it on (SCTLR_EL1.M, with C and I) is
 //! the caller's business, after the install, from code that the new table maps identically.
 //! The table pages are written with ordinary cacheable stores and the walks are configured
 //! Write-Back Inner Shareable to match; if they were written with the data cache off, clean
 //! them to the point of coherency first.
 
 pub mod encoding;
+pub mod foreign;
 #[cfg(target_arch = "aarch64")]
 mod instructions;
+pub mod regime;
 
 use core::fmt;
 
@@ -36,8 +49,10 @@ use txpaging_txn::{
 };
 
 pub use encoding::{tcr_el1, Aarch64Codec, MAIR_LAYOUT, PA_BITS, PA_RANGE_48};
+pub use foreign::ForeignTableError;
 #[cfg(target_arch = "aarch64")]
-pub use instructions::Aarch64Mmu;
+pub use instructions::{Aarch64Mmu, CurrentTranslation};
+pub use regime::{tcr_el2, El1, El2, ExceptionLevel, Regime};
 
 use crate::dump::{self, DumpFormat};
 use crate::mmu::{InstallRequest, Mmu};
@@ -51,6 +66,14 @@ pub type DefaultAarch64Mmu = Aarch64Mmu;
 /// a [`RecordingMmu`](crate::RecordingMmu) elsewhere.
 #[cfg(not(all(target_arch = "aarch64", any(target_os = "none", target_os = "uefi"))))]
 pub type DefaultAarch64Mmu = crate::RecordingMmu;
+/// The MMU used by [`Aarch64El2PageTable::new_el2`]: the real one (EL2 instructions) on
+/// bare-metal and UEFI targets, a [`RecordingMmu`](crate::RecordingMmu) elsewhere.
+#[cfg(all(target_arch = "aarch64", any(target_os = "none", target_os = "uefi")))]
+pub type DefaultAarch64El2Mmu = Aarch64Mmu<El2>;
+/// The MMU used by [`Aarch64El2PageTable::new_el2`]: the real one (EL2 instructions) on
+/// bare-metal and UEFI targets, a [`RecordingMmu`](crate::RecordingMmu) elsewhere.
+#[cfg(not(all(target_arch = "aarch64", any(target_os = "none", target_os = "uefi"))))]
+pub type DefaultAarch64El2Mmu = crate::RecordingMmu;
 
 /// What the CPU supports, as far as the tables and their installation are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +81,7 @@ pub struct Aarch64Config {
     /// Use 1 GiB blocks at L1 (architecturally always available with the 4 KiB granule;
     /// off builds L2 tables instead). 2 MiB blocks are always used.
     pub one_gib_blocks: bool,
-    /// Physical address size for TCR_EL1.IPS, in the ID_AA64MMFR0_EL1.PARange encoding
+    /// Physical address size for TCR_EL1.IPS (TCR_EL2.PS), in the ID_AA64MMFR0_EL1.PARange encoding
     /// (0b0101 = 48 bits; larger values are capped to it, the widest output address the
     /// descriptors hold).
     pub pa_range: u8,
@@ -105,16 +128,20 @@ fn geometry(paging_type: PagingType, config: Aarch64Config) -> Result<Geometry, 
     })
 }
 
-/// An AArch64 page table. Identity maps by default; see [`transaction`](Self::transaction)
-/// for batched and aliased changes.
-pub struct Aarch64PageTable<P: PageAllocator, M: Mmu = DefaultAarch64Mmu> {
-    tables: Tables<Aarch64Codec, P, M>,
+/// An AArch64 page table of translation regime `R` ([`El1`], the default, or [`El2`]).
+/// Identity maps by default; see [`transaction`](Self::transaction) for batched and aliased
+/// changes.
+pub struct Aarch64PageTable<P: PageAllocator, M: Mmu = DefaultAarch64Mmu, R: Regime = El1> {
+    tables: Tables<Aarch64Codec<R>, P, M>,
     paging_type: PagingType,
     config: Aarch64Config,
 }
 
 /// The same type under the Arm spelling.
-pub type AArch64PageTable<P, M = DefaultAarch64Mmu> = Aarch64PageTable<P, M>;
+pub type AArch64PageTable<P, M = DefaultAarch64Mmu, R = El1> = Aarch64PageTable<P, M, R>;
+
+/// A page table of the non-VHE EL2 regime (TTBR0_EL2).
+pub type Aarch64El2PageTable<P, M = DefaultAarch64El2Mmu> = Aarch64PageTable<P, M, El2>;
 
 impl<P: PageAllocator> Aarch64PageTable<P> {
     /// Creates an empty table (one zeroed root page) for `paging_type` (3 or 4 levels), for
@@ -148,18 +175,27 @@ impl<P: PageAllocator> Aarch64PageTable<P> {
     }
 }
 
-impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
-    /// Creates an empty table with an explicit configuration and MMU.
-    pub fn with_mmu(allocator: P, paging_type: PagingType, config: Aarch64Config, mmu: M) -> Result<Self, PtError> {
-        let tables = Tables::new(allocator, geometry(paging_type, config)?, mmu)?;
-        Ok(Self {
-            tables,
+impl<P: PageAllocator> Aarch64El2PageTable<P> {
+    /// Creates an empty EL2 table (one zeroed root page) for `paging_type` (3 or 4 levels),
+    /// for the running CPU ([`Aarch64Config::detect`]) and the default EL2 MMU.
+    pub fn new_el2(allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
+        Self::with_regime(
+            allocator,
             paging_type,
-            config,
-        })
+            Aarch64Config::detect(),
+            DefaultAarch64El2Mmu::default(),
+            El2,
+        )
+    }
+}
+
+impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
+    /// Creates an empty EL1&0 table with an explicit configuration and MMU.
+    pub fn with_mmu(allocator: P, paging_type: PagingType, config: Aarch64Config, mmu: M) -> Result<Self, PtError> {
+        Self::with_regime(allocator, paging_type, config, mmu, El1)
     }
 
-    /// Opens an existing table with an explicit configuration and MMU.
+    /// Opens an existing EL1&0 table with an explicit configuration and MMU.
     ///
     /// # Safety
     /// As for [`Aarch64PageTable::from_existing`].
@@ -170,6 +206,45 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
         config: Aarch64Config,
         mmu: M,
     ) -> Result<Self, PtError> {
+        // SAFETY: forwarded contract.
+        unsafe { Self::from_existing_with_regime(root, allocator, paging_type, config, mmu, El1) }
+    }
+}
+
+impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
+    /// Creates an empty table of regime `regime` ([`El1`] or [`El2`]) with an explicit
+    /// configuration and MMU.
+    pub fn with_regime(
+        allocator: P,
+        paging_type: PagingType,
+        config: Aarch64Config,
+        mmu: M,
+        regime: R,
+    ) -> Result<Self, PtError> {
+        let _ = regime;
+        let tables = Tables::new(allocator, geometry(paging_type, config)?, mmu)?;
+        Ok(Self {
+            tables,
+            paging_type,
+            config,
+        })
+    }
+
+    /// Opens an existing table of regime `regime`, encoded as this crate encodes (under
+    /// [`MAIR_LAYOUT`]), with an explicit configuration and MMU. For a table someone else
+    /// built, see [`from_existing_with_mair`](Self::from_existing_with_mair).
+    ///
+    /// # Safety
+    /// As for [`Aarch64PageTable::from_existing`].
+    pub unsafe fn from_existing_with_regime(
+        root: u64,
+        allocator: P,
+        paging_type: PagingType,
+        config: Aarch64Config,
+        mmu: M,
+        regime: R,
+    ) -> Result<Self, PtError> {
+        let _ = regime;
         let geometry = geometry(paging_type, config)?;
         // SAFETY: forwarded contract.
         let tables = unsafe { Tables::from_existing(root, allocator, geometry, mmu)? };
@@ -180,7 +255,12 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
         })
     }
 
-    /// Physical address of the root table (the value for TTBR0_EL1).
+    /// The translation regime's name ("EL1&0" or "EL2").
+    pub fn regime(&self) -> &'static str {
+        R::NAME
+    }
+
+    /// Physical address of the root table (the value for TTBR0_EL1 or TTBR0_EL2).
     pub fn root(&self) -> u64 {
         self.tables.root()
     }
@@ -202,11 +282,11 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
 
     /// The register values [`install_page_table`](PageTable::install_page_table) programs.
     pub fn install_request(&self) -> InstallRequest {
-        InstallRequest::Aarch64 {
-            mair: MAIR_LAYOUT,
-            tcr: tcr_el1(self.tables.geometry().va_bits(), self.config.pa_range),
-            ttbr0: self.root(),
-        }
+        R::install_request(
+            MAIR_LAYOUT,
+            R::tcr(self.tables.geometry().va_bits(), self.config.pa_range),
+            self.root(),
+        )
     }
 
     /// The MMU (a [`RecordingMmu`](crate::RecordingMmu) on the host).
@@ -226,12 +306,12 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
     }
 
     /// The engine-level table, for tools that walk raw entries.
-    pub fn tables(&self) -> &Tables<Aarch64Codec, P, M> {
+    pub fn tables(&self) -> &Tables<Aarch64Codec<R>, P, M> {
         &self.tables
     }
 
     /// Starts a transaction: queue maps, unmaps and protects, then `plan` or `commit`.
-    pub fn transaction(&mut self) -> Transaction<'_, Aarch64Codec, P, M> {
+    pub fn transaction(&mut self) -> Transaction<'_, Aarch64Codec<R>, P, M> {
         self.tables.transaction()
     }
 
@@ -307,7 +387,7 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
     }
 
     /// The mapped regions in address order, adjacent identical pieces merged.
-    pub fn regions(&self) -> Regions<'_, Aarch64Codec, P> {
+    pub fn regions(&self) -> Regions<'_, Aarch64Codec<R>, P> {
         self.tables.regions()
     }
 
@@ -323,7 +403,7 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
 
     /// Writes the dump of `size` bytes at `address` (see [`PageTable::dump_page_tables`]) to `out`.
     pub fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError> {
-        dump::write(&self.tables, &AARCH64_DUMP, out, address, size)
+        dump::write(&self.tables, dump_format::<R>(), out, address, size)
     }
 }
 
@@ -357,7 +437,29 @@ static AARCH64_DUMP: DumpFormat = DumpFormat {
     ],
 };
 
-impl<P: PageAllocator, M: Mmu> PageTable for Aarch64PageTable<P, M> {
+/// The EL2 dump layout: as at EL1&0, with bit 54 = XN and bit 53 RES0 (Arm ARM D8.3.2).
+static AARCH64_EL2_DUMP: DumpFormat = DumpFormat {
+    level_names: AARCH64_DUMP.level_names,
+    header: &[
+        "Upper| SW |X|0|C|DBM |           Output address           |0|A|SH|AP|N|Atr|Ty|",
+        "63:59|5855|N|5|o| GP |               47:12                |1|F|98|76|S|Idx|pe|",
+        "     |    | |3|n|5148|                                    |1| |  |  | |4:2|10|",
+        "(EL2 regime: bit 54 XN, bit 53 RES0, nG (bit 11) RES0, AP[1] (bit 6) RES1; table rows:",
+        " bits 63:59 are NSTable, APTable[1:0], XNTable, RES0; leaf rows: SW bit 55 = ReadProtect",
+        " leaf (then bit 0 is 0), SW bit 56 = execute-never forced by device memory)",
+    ],
+    columns: AARCH64_DUMP.columns,
+};
+
+fn dump_format<R: Regime>() -> &'static DumpFormat {
+    if R::EL == 2 {
+        &AARCH64_EL2_DUMP
+    } else {
+        &AARCH64_DUMP
+    }
+}
+
+impl<P: PageAllocator, M: Mmu, R: Regime> PageTable for Aarch64PageTable<P, M, R> {
     fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError> {
         self.tables
             .commit_op(Op::Map {
@@ -377,8 +479,9 @@ impl<P: PageAllocator, M: Mmu> PageTable for Aarch64PageTable<P, M> {
             .map_err(PtError::from)
     }
 
-    /// Programs MAIR_EL1, TCR_EL1 and TTBR0_EL1 (see the [module documentation](self)) and
-    /// marks the table live: later commits follow break-before-make.
+    /// Programs MAIR_EL1, TCR_EL1 and TTBR0_EL1, or their EL2 counterparts for an EL2 table
+    /// (see the [module documentation](self)), and marks the table live: later commits
+    /// follow break-before-make.
     fn install_page_table(&self) -> Result<(), PtError> {
         self.tables.tlb().install(&self.install_request())?;
         self.tables.set_live(true);
@@ -390,8 +493,97 @@ impl<P: PageAllocator, M: Mmu> PageTable for Aarch64PageTable<P, M> {
     }
 
     fn dump_page_tables(&self, address: u64, size: u64) {
-        if let Err(error) = dump::log(&self.tables, &AARCH64_DUMP, address, size) {
+        if let Err(error) = dump::log(&self.tables, dump_format::<R>(), address, size) {
             log::error!("dump_page_tables({address:#x}, {size:#x}) failed: {error}");
+        }
+    }
+}
+
+/// A table of the regime the running code is in, chosen at run time: what firmware that may
+/// start at EL1 or EL2 builds. Each variant is the typed table; the familiar [`PageTable`]
+/// calls dispatch to it.
+pub enum CurrentElPageTable<P: PageAllocator> {
+    /// An EL1&0 table (firmware at EL1).
+    El1(Aarch64PageTable<P, DefaultAarch64Mmu, El1>),
+    /// An EL2 table (firmware at EL2, HCR_EL2.E2H = 0).
+    El2(Aarch64PageTable<P, DefaultAarch64El2Mmu, El2>),
+}
+
+impl<P: PageAllocator> CurrentElPageTable<P> {
+    /// Creates an empty table for Exception level `el`, for the running CPU
+    /// ([`Aarch64Config::detect`]) and the default MMU of that regime.
+    pub fn new_for_el(el: ExceptionLevel, allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
+        Ok(match el {
+            ExceptionLevel::El1 => Self::El1(Aarch64PageTable::new(allocator, paging_type)?),
+            ExceptionLevel::El2 => Self::El2(Aarch64El2PageTable::new_el2(allocator, paging_type)?),
+        })
+    }
+
+    /// Creates an empty table for the regime the code runs in ([`ExceptionLevel::current`]):
+    /// `UnsupportedPagingType` at EL3 or at EL2 with HCR_EL2.E2H = 1.
+    #[cfg(all(target_arch = "aarch64", any(target_os = "none", target_os = "uefi")))]
+    pub fn new_for_current_el(allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
+        Self::new_for_el(ExceptionLevel::current()?, allocator, paging_type)
+    }
+
+    /// The Exception level the table is for.
+    pub fn exception_level(&self) -> ExceptionLevel {
+        match self {
+            Self::El1(_) => ExceptionLevel::El1,
+            Self::El2(_) => ExceptionLevel::El2,
+        }
+    }
+
+    /// The register values [`install_page_table`](PageTable::install_page_table) programs.
+    pub fn install_request(&self) -> InstallRequest {
+        match self {
+            Self::El1(table) => table.install_request(),
+            Self::El2(table) => table.install_request(),
+        }
+    }
+
+    /// Physical address of the root table.
+    pub fn root(&self) -> u64 {
+        match self {
+            Self::El1(table) => table.root(),
+            Self::El2(table) => table.root(),
+        }
+    }
+}
+
+impl<P: PageAllocator> PageTable for CurrentElPageTable<P> {
+    fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError> {
+        match self {
+            Self::El1(table) => table.map_memory_region(address, size, attributes),
+            Self::El2(table) => table.map_memory_region(address, size, attributes),
+        }
+    }
+
+    fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
+        match self {
+            Self::El1(table) => table.unmap_memory_region(address, size),
+            Self::El2(table) => table.unmap_memory_region(address, size),
+        }
+    }
+
+    fn install_page_table(&self) -> Result<(), PtError> {
+        match self {
+            Self::El1(table) => table.install_page_table(),
+            Self::El2(table) => table.install_page_table(),
+        }
+    }
+
+    fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
+        match self {
+            Self::El1(table) => table.query_memory_region(address, size),
+            Self::El2(table) => table.query_memory_region(address, size),
+        }
+    }
+
+    fn dump_page_tables(&self, address: u64, size: u64) {
+        match self {
+            Self::El1(table) => table.dump_page_tables(address, size),
+            Self::El2(table) => table.dump_page_tables(address, size),
         }
     }
 }

@@ -1,18 +1,21 @@
-//! The AArch64 target of the reference-model harness: `Aarch64PageTable` with 3 levels
-//! (39-bit VA, root L1) or 4 levels (48-bit VA, root L0), 1 GiB blocks on or off, a
-//! [`RecordingMmu`] and a [`TestPool`].
+//! The AArch64 target of the reference-model harness: `Aarch64PageTable` of the EL1&0
+//! regime (`Aarch64Target`, `Aarch64Target<El1>`) or of the EL2 regime
+//! (`Aarch64Target<El2>`), with 3 levels (39-bit VA, root L1) or 4 levels (48-bit VA, root
+//! L0), 1 GiB blocks on or off, a [`RecordingMmu`] and a [`TestPool`].
 //!
 //! [`Aarch64Target::decode`] is this harness's own reading of the descriptor encoding of
-//! `docs/paging.md` A2 (never the library's codec). It accepts exactly the bit patterns the
-//! documented encoding produces and rejects everything else (reserved descriptor types,
-//! RES0 and unused bits, AF = 0, SH other than Inner Shareable, AttrIndx 6 or 7, device
-//! memory that may be executed, inconsistent software bits, unaligned block addresses).
+//! `docs/paging.md` A2 and, for EL2, A9 (never the library's codec). It accepts exactly the
+//! bit patterns the documented encoding produces and rejects everything else (reserved
+//! descriptor types, RES0 and unused bits, AF = 0, SH other than Inner Shareable, AttrIndx 6
+//! or 7, device memory that may be executed, inconsistent software bits, unaligned block
+//! addresses; at EL2: PXN (bit 53, RES0), AP\[1\] clear (RES1), nG set (RES0)).
 //!
 //! The test tables are never installed, so commits are not phased: no breaks and no
 //! barriers happen here (`take_tlb_log` insists). The sequences of an installed table are
 //! checked in `tests/aarch64_sequences.rs`.
 
 use super::*;
+use txpaging::aarch64::{El1, Regime};
 use txpaging::{Aarch64Config, Aarch64PageTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +26,8 @@ pub struct Aarch64Cfg {
     pub one_gib_blocks: bool,
 }
 
-pub struct Aarch64Target {
-    pub table: Aarch64PageTable<TestPool, RecordingMmu>,
+pub struct Aarch64Target<R: Regime = El1> {
+    pub table: Aarch64PageTable<TestPool, RecordingMmu, R>,
     pub cfg: Aarch64Cfg,
 }
 
@@ -60,13 +63,24 @@ mod desc {
     pub const OA: u64 = 0x0000_FFFF_FFFF_F000;
     pub const PXN: u64 = 1 << 53;
     pub const UXN: u64 = 1 << 54;
+    /// EL2: XN is bit 54 (where EL1&0 has UXN), bit 53 is RES0 (Arm ARM D8.3.2).
+    pub const XN_EL2: u64 = 1 << 54;
+    /// AP\[1\]: EL0 access at EL1&0 (never set); RES1 at EL2 (Arm ARM D8.4.1.2).
+    pub const AP1: u64 = 1 << 6;
     /// Software bit 55: a ReadProtect leaf (then bit 0 is clear).
     pub const SW_READ_PROTECTED: u64 = 1 << 55;
     /// Software bit 56: UXN/PXN forced by device memory, ExecuteProtect not asked.
     pub const SW_XN_FORCED: u64 = 1 << 56;
 }
 
-impl ModelTarget for Aarch64Target {
+impl<R: Regime> Aarch64Target<R> {
+    /// Whether the table is of the EL2 regime (one privilege level).
+    fn el2() -> bool {
+        R::EL == 2
+    }
+}
+
+impl<R: Regime> ModelTarget for Aarch64Target<R> {
     type Config = Aarch64Cfg;
 
     fn build(cfg: Aarch64Cfg, pool_pages: usize) -> Self {
@@ -79,8 +93,14 @@ impl ModelTarget for Aarch64Target {
             one_gib_blocks: cfg.one_gib_blocks,
             ..Aarch64Config::default()
         };
-        let table = Aarch64PageTable::with_mmu(TestPool::new(pool_pages), paging, config, RecordingMmu::new())
-            .expect("creating a table");
+        let table = Aarch64PageTable::with_regime(
+            TestPool::new(pool_pages),
+            paging,
+            config,
+            RecordingMmu::new(),
+            R::default(),
+        )
+        .expect("creating a table");
         Self { table, cfg }
     }
 
@@ -247,6 +267,8 @@ impl ModelTarget for Aarch64Target {
         }
         let oa = OA & !(Shape::entry_size(level) - 1);
         let type_bits = if level == 0 { TYPE } else { 0 };
+        // EL1&0: PXN and UXN; EL2: XN (bit 54) and AP[1] (RES1), no bit 53 (RES0).
+        let regime_bits = if Self::el2() { XN_EL2 | AP1 } else { PXN | UXN };
         let allowed = VALID
             | type_bits
             | ATTR_INDEX
@@ -254,15 +276,20 @@ impl ModelTarget for Aarch64Target {
             | SH_INNER
             | AF
             | oa
-            | PXN
-            | UXN
+            | regime_bits
             | SW_READ_PROTECTED
             | SW_XN_FORCED;
         if raw & !allowed != 0 {
             return Err(format!(
                 "leaf {raw:#x} at level {level} has bits {:#x} the encoding never sets \
-                 (NS, AP[1], nG, RES0, GP, DBM, Contiguous, SW 58:57, 63:59, or address bits below the block size)",
+                 (NS, AP[1] at EL1&0, nG, RES0, PXN at EL2, GP, DBM, Contiguous, SW 58:57, 63:59, \
+                 or address bits below the block size)",
                 raw & !allowed
+            ));
+        }
+        if Self::el2() && raw & AP1 == 0 {
+            return Err(format!(
+                "EL2 leaf {raw:#x} at level {level} has AP[1] = 0 (RES1 in a regime with one Exception level)"
             ));
         }
         if raw & SH_INNER != SH_INNER {
@@ -287,10 +314,17 @@ impl ModelTarget for Aarch64Target {
             }
         };
         let device = index <= 1;
-        let (pxn, uxn) = (raw & PXN != 0, raw & UXN != 0);
-        if pxn != uxn {
-            return Err(format!("leaf {raw:#x} at level {level} has PXN != UXN"));
-        }
+        // The execute-never bit of the regime's own level: PXN at EL1&0 (UXN always equal),
+        // XN at EL2.
+        let pxn = if Self::el2() {
+            raw & XN_EL2 != 0
+        } else {
+            let (pxn, uxn) = (raw & PXN != 0, raw & UXN != 0);
+            if pxn != uxn {
+                return Err(format!("leaf {raw:#x} at level {level} has PXN != UXN"));
+            }
+            pxn
+        };
         let forced = raw & SW_XN_FORCED != 0;
         if device && !pxn {
             return Err(format!("device leaf {raw:#x} at level {level} is executable"));

@@ -37,13 +37,21 @@
 //!   memory is an instruction abort (EC 0x21) with a permission fault; an unmapped or
 //!   `ReadProtect` page is a translation fault. FAR_EL1 is the VA, with FnV, EA, CM and S1PTW
 //!   clear.
+//!
+//! At EL2 (`-M virt,virtualization=on`, the guest starts at EL2 and stays there with
+//! HCR_EL2.E2H = 0) the same outcomes hold for the EL2 regime: `AT S1E2R` / `AT S1E2W`
+//! (results in PAR_EL1), ESR_EL2 and FAR_EL2 (EC 0x21 and 0x25 are "same EL" at EL2 too),
+//! MAIR_EL2 / TCR_EL2 / TTBR0_EL2 programmed exactly as the library's install request says.
+//! The EL2 regime has no TTBR1, so the guest runs through the table under test: an EL2
+//! [`Build`] first maps [`EL2_GUEST_VA`] + 2 GiB to RAM (Writeback, read/write, executable)
+//! through the library and the model alike, and no op may touch that range.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use txpaging::aarch64::PA_RANGE_48;
+use txpaging::aarch64::{El1, Regime, PA_RANGE_48};
 use txpaging::{
     Aarch64Config, Aarch64PageTable, InstallRequest, MemoryAttributes as MA, PagePool, PageTable, PagingType, PtError,
     RecordingMmu, TxnError,
@@ -77,6 +85,17 @@ pub const GUEST_ATTR_INDEX: u32 = 7;
 /// what it puts there (T1SZ 25, EPD1 0, WB RA/WA walks, Inner Shareable, TG1 4 KiB).
 pub const TCR_T1_MASK: u64 = 0xFFBF_0000;
 pub const TCR_T1_GUEST: u64 = 0xB519_0000;
+
+/// At EL2 the guest runs at this VA + (PA - RAM_BASE), through the table under test
+/// (`guests/aarch64/probe.S`, `EL2_GUEST_VA`): 504 GiB, inside 39- and 48-bit spaces.
+pub const EL2_GUEST_VA: u64 = 0x7E_0000_0000;
+/// The guest's own mapping at EL2: all of RAM.
+pub const EL2_GUEST_SIZE: u64 = RAM_SIZE;
+
+/// Whether `[va, va + size)` touches the guest's own EL2 mapping.
+pub fn touches_el2_guest(va: u64, size: u64) -> bool {
+    va < EL2_GUEST_VA + EL2_GUEST_SIZE && va.saturating_add(size) > EL2_GUEST_VA
+}
 
 /// Exception classes (ESR_EL1.EC).
 pub const EC_INSTRUCTION_ABORT_SAME_EL: u64 = 0x21;
@@ -122,7 +141,7 @@ pub fn memory_type(attrs: MA) -> (u8, bool) {
 // Building: the library's table and the model, fed the same ops
 // ------------------------------------------------------------------------------------------
 
-pub type Table = Aarch64PageTable<PagePool, RecordingMmu>;
+pub type Table<R = El1> = Aarch64PageTable<PagePool, RecordingMmu, R>;
 
 /// The shape of an AArch64 table (`model_support` terms).
 pub fn shape(three_level: bool, one_gib_blocks: bool) -> Shape {
@@ -134,9 +153,9 @@ pub fn shape(three_level: bool, one_gib_blocks: bool) -> Shape {
     }
 }
 
-/// A table under test and the model of what it must map.
-pub struct Build {
-    pub table: Table,
+/// A table under test and the model of what it must map, for regime `R`.
+pub struct Build<R: Regime = El1> {
+    pub table: Table<R>,
     pub model: Model,
     pub shape: Shape,
     pub one_gib_blocks: bool,
@@ -144,7 +163,9 @@ pub struct Build {
     pub history: Vec<Vec<MOp>>,
 }
 
-impl Build {
+impl<R: Regime> Build<R> {
+    /// An empty table; at EL2 it already maps the guest's own 2 GiB (see the module
+    /// documentation), in the table and in the model.
     pub fn new(three_level: bool, one_gib_blocks: bool) -> Self {
         let paging = if three_level {
             PagingType::Paging3Level
@@ -156,20 +177,36 @@ impl Build {
             pa_range: PA_RANGE_48,
         };
         let pool = PagePool::with_physical_base(TABLE_POOL_PAGES, TABLES_PA);
-        let table = Aarch64PageTable::with_mmu(pool, paging, config, RecordingMmu::new()).expect("creating a table");
-        Self {
+        let table = Aarch64PageTable::with_regime(pool, paging, config, RecordingMmu::new(), R::default())
+            .expect("creating a table");
+        let mut build = Self {
             table,
             model: Model::default(),
             shape: shape(three_level, one_gib_blocks),
             one_gib_blocks,
             history: Vec::new(),
+        };
+        if R::EL == 2 {
+            build.ok(&[MOp::MapAliased {
+                va: EL2_GUEST_VA,
+                pa: RAM_BASE,
+                size: EL2_GUEST_SIZE,
+                attrs: MA::Writeback,
+            }]);
         }
+        build
+    }
+
+    /// The Exception level the table is for (1 or 2).
+    pub fn el(&self) -> u8 {
+        R::EL
     }
 
     /// A short name of the configuration.
     pub fn config_name(&self) -> String {
         format!(
-            "{}-level, 1 GiB blocks {}",
+            "{}, {}-level, 1 GiB blocks {}",
+            R::NAME,
             self.shape.levels,
             if self.one_gib_blocks { "on" } else { "off" }
         )
@@ -179,6 +216,20 @@ impl Build {
     /// familiar one-op calls) to the table and to the model; both must agree on success or on
     /// the error. Returns the error, if any.
     pub fn apply(&mut self, ops: &[MOp], one_op_api: bool) -> Result<(), TxnError> {
+        if R::EL == 2 && !self.history.is_empty() {
+            for op in ops {
+                let (va, size) = match *op {
+                    MOp::Map { va, size, .. }
+                    | MOp::MapAliased { va, size, .. }
+                    | MOp::Unmap { va, size }
+                    | MOp::Protect { va, size, .. } => (va, size),
+                };
+                assert!(
+                    !touches_el2_guest(va, size),
+                    "test bug: {op:x?} touches the EL2 guest's own mapping"
+                );
+            }
+        }
         let predicted = self.model.predict::<Aarch64Target>(&self.shape, ops);
         let actual: Result<(), TxnError> = if one_op_api && ops.len() == 1 {
             let result = match ops[0] {
@@ -227,8 +278,9 @@ impl Build {
     /// The register values the library's install would program.
     pub fn install(&self) -> (u64, u64, u64) {
         match self.table.install_request() {
-            InstallRequest::Aarch64 { mair, tcr, ttbr0 } => (mair, tcr, ttbr0),
-            other => panic!("an AArch64 table asked for {other:?}"),
+            InstallRequest::Aarch64 { mair, tcr, ttbr0 } if R::EL == 1 => (mair, tcr, ttbr0),
+            InstallRequest::Aarch64El2 { mair, tcr, ttbr0 } if R::EL == 2 => (mair, tcr, ttbr0),
+            other => panic!("an AArch64 {} table asked for {other:?}", R::NAME),
         }
     }
 
@@ -738,6 +790,8 @@ pub fn out_of_range_vas(shape: Shape) -> Vec<u64> {
 /// What one guest run reported, with the register values it actually programmed.
 pub struct GuestRun {
     pub report: GuestReport,
+    /// The Exception level the guest ran at (CurrentEL.EL).
+    pub el: u64,
     pub mair: u64,
     pub tcr: u64,
     pub ttbr0: u64,
@@ -778,10 +832,12 @@ fn describe_guest_error(header: &[u8]) -> String {
     s
 }
 
-/// Runs the guest on `image` with the install values `(mair, tcr, ttbr0)` and `probes`.
+/// Runs the guest on `image` with the install values `(mair, tcr, ttbr0)` and `probes`, at
+/// EL1 (`-M virt`) or at EL2 (`el` = 2: `-M virt,virtualization=on`).
 pub fn run_guest(
     qemu: &Path,
     test: &str,
+    el: u8,
     image: &[u8],
     install: (u64, u64, u64),
     probes: &[Probe],
@@ -795,7 +851,8 @@ pub fn run_guest(
     let ram = RamFile::create(scratch.path("ram.img"), RAM_BASE, RAM_SIZE);
     let (mair, tcr, ttbr0) = install;
     let block = probe_block([mair, tcr, ttbr0, 0, 0, 0, 0, 0], RESULTS_PA, probes);
-    let mut args: Vec<String> = vec!["-M".into(), ram.machine_arg("virt"), "-cpu".into(), "max".into()];
+    let machine = if el == 2 { "virt,virtualization=on" } else { "virt" };
+    let mut args: Vec<String> = vec!["-M".into(), ram.machine_arg(machine), "-cpu".into(), "max".into()];
     args.extend(ram.qemu_args());
     args.extend(
         ["-nographic", "-no-reboot", "-nodefaults", "-semihosting", "-kernel"]
@@ -826,7 +883,7 @@ pub fn run_guest(
         )
     };
     // Exit codes of the guest: 0 ok, 1 guest error in the results, 2 bad probe block,
-    // 3 exception inside the exception handler, 4 not started at EL1.
+    // 3 exception inside the exception handler, 4 not started at EL1 or EL2.
     if exit.code != Some(0) || qword(&header, 0x10) != 0 {
         return Err(format!("the guest failed: {}", context()));
     }
@@ -840,6 +897,7 @@ pub fn run_guest(
     }
     Ok(GuestRun {
         report,
+        el: qword(&header, 0x70),
         mair: qword(&header, 0x40),
         tcr: qword(&header, 0x48),
         ttbr0: qword(&header, 0x50),
@@ -849,13 +907,16 @@ pub fn run_guest(
     })
 }
 
-fn access_name(a: Access) -> &'static str {
-    match a {
-        Access::Read => "load",
-        Access::Write => "store",
-        Access::Execute => "branch",
-        Access::AtRead => "AT S1E1R",
-        Access::AtWrite => "AT S1E1W",
+/// How a probe is named in reports (the AT instruction of the Exception level `el`).
+pub fn access_name(a: Access, el: u8) -> &'static str {
+    match (a, el) {
+        (Access::Read, _) => "load",
+        (Access::Write, _) => "store",
+        (Access::Execute, _) => "branch",
+        (Access::AtRead, 2) => "AT S1E2R",
+        (Access::AtWrite, 2) => "AT S1E2W",
+        (Access::AtRead, _) => "AT S1E1R",
+        (Access::AtWrite, _) => "AT S1E1W",
     }
 }
 
@@ -937,9 +998,11 @@ pub fn outcome_class(o: &Outcome) -> &'static str {
 
 /// Compares a run's results with the model; one report per disagreeing probe. Adds each
 /// expected outcome's class to `tally`.
+#[allow(clippy::too_many_arguments)]
 pub fn compare(
     runs: &Runs,
     shape: Shape,
+    el: u8,
     image: &[u8],
     install: (u64, u64, u64),
     probes: &[Probe],
@@ -958,7 +1021,7 @@ pub fn compare(
         out.push(format!(
             "probe {i}: {} {:#x}{}\n  model:    {}\n  expected: {}\n  actual:   {}\n  raw:      {}\n  \
              descriptors on the walk (TTBR0 {:#x}):\n{}",
-            access_name(probe.access),
+            access_name(probe.access, el),
             probe.va,
             probe
                 .pattern_pa
@@ -986,9 +1049,11 @@ pub struct Checked {
 /// Runs `probes` on `image` under `install` and compares them with `model`, in runs of at
 /// most [`MAX_PROBES_PER_RUN`]. Guest-level failures (no results, guest error, registers not
 /// programmed as asked) come back as one mismatch each.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     qemu: &Path,
     test: &str,
+    el: u8,
     model: &Model,
     shape: Shape,
     image: &[u8],
@@ -1000,13 +1065,24 @@ pub fn check(
     let mut elapsed = Duration::ZERO;
     let mut tally = BTreeMap::new();
     for chunk in probes.chunks(MAX_PROBES_PER_RUN) {
-        match run_guest(qemu, test, image, install, chunk) {
+        match run_guest(qemu, test, el, image, install, chunk) {
             Err(e) => mismatches.push(e),
             Ok(run) => {
                 elapsed += run.elapsed;
                 let (mair, tcr, ttbr0) = install;
-                let want_mair = mair | 0xFF << (8 * GUEST_ATTR_INDEX);
-                let want_tcr = (tcr & !TCR_T1_MASK) | TCR_T1_GUEST;
+                // At EL1 the guest adds its TTBR1 half and Attr7; at EL2 it programs exactly
+                // the library's values.
+                let (want_mair, want_tcr) = if el == 2 {
+                    (mair, tcr)
+                } else {
+                    (
+                        mair | 0xFF << (8 * GUEST_ATTR_INDEX),
+                        (tcr & !TCR_T1_MASK) | TCR_T1_GUEST,
+                    )
+                };
+                if run.el != u64::from(el) {
+                    mismatches.push(format!("the guest ran at EL{}, not at EL{el}", run.el));
+                }
                 if (run.mair, run.tcr, run.ttbr0) != (want_mair, want_tcr, ttbr0) {
                     mismatches.push(format!(
                         "the registers read back differ from what the guest wrote: MAIR {:#x} (wrote {want_mair:#x}), \
@@ -1018,6 +1094,7 @@ pub fn check(
                 mismatches.extend(compare(
                     &runs,
                     shape,
+                    el,
                     image,
                     install,
                     chunk,
@@ -1035,8 +1112,17 @@ pub fn check(
     }
 }
 
-/// Checks `build`'s table against its model with `probes`.
-pub fn check_build(qemu: &Path, test: &str, build: &Build, probes: &[Probe]) -> Checked {
+/// Checks `build`'s table against its model with `probes`, at the table's Exception level.
+pub fn check_build<R: Regime>(qemu: &Path, test: &str, build: &Build<R>, probes: &[Probe]) -> Checked {
     let image = build.image();
-    check(qemu, test, &build.model, build.shape, &image, build.install(), probes)
+    check(
+        qemu,
+        test,
+        build.el(),
+        &build.model,
+        build.shape,
+        &image,
+        build.install(),
+        probes,
+    )
 }

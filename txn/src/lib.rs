@@ -35,6 +35,7 @@ pub use codec::{Codec, Entry, INVALID_ENTRY};
 pub use error::{PtError, TxnError};
 pub use geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 pub use inspect::{MappedRegion, Regions};
+pub use memory::read_table_entry;
 pub use plan::Counts;
 pub use table::Tables;
 pub use tlb::{Barrier, FlushBatch, Tlb};

@@ -53,3 +53,15 @@ impl<'a, P: PageAllocator> TableMemory<'a, P> {
         }
     }
 }
+
+/// Entry `index` (below 512) of the table page at physical `table`, read through
+/// `allocator.physical_to_pointer` with one 64-bit atomic load: for checked walks of tables
+/// this crate did not build (the firmware's), before they are adopted.
+///
+/// # Safety
+/// `allocator.physical_to_pointer(table)` must point to a readable, 8-byte aligned 4 KiB
+/// page that nothing writes non-atomically while it is read.
+pub unsafe fn read_table_entry<P: PageAllocator>(allocator: &P, table: u64, index: usize) -> u64 {
+    assert!(index < ENTRIES_PER_TABLE, "entry index {index} outside a table");
+    TableMemory::new(allocator).read(table, index)
+}
