@@ -6,7 +6,7 @@
 //! descriptor formats, D8.4 access permissions and hierarchical permissions), never with
 //! the library's encoding.
 
-use txpaging::aarch64::foreign::{cache_of_mair_byte, existing_regions, DEFAULT_MAX_TABLE_PAGES};
+use txpaging::aarch64::foreign::{cache_of_mair_byte, existing_regions, table_of_registers, DEFAULT_MAX_TABLE_PAGES};
 use txpaging::aarch64::{El1, El2, ForeignTableError, Regime, MAIR_LAYOUT};
 use txpaging::{
     Aarch64Config, Aarch64PageTable, InstallRequest, MappedRegion, MemoryAttributes as MA, PageAllocator, PagePool,
@@ -539,4 +539,34 @@ fn a_txpaging_table_is_adopted_back_under_our_mair_at_both_levels() {
     }
     round_trip(El1);
     round_trip(El2);
+}
+
+#[test]
+fn registers_name_the_table_in_use() {
+    // AAVMF at EL1 and at EL2 (firmware.md): 48-bit VAs, 4 KiB granule.
+    let root = 0x4_7FFF_0000;
+    assert_eq!(
+        table_of_registers(0x5_8080_3510, root | 0x0001_0000_0000_0000 | 1),
+        Ok((root, PagingType::Paging4Level)),
+        "TCR_EL1, with an ASID and CnP in TTBR0_EL1"
+    );
+    assert_eq!(
+        table_of_registers(0x8085_3510, root),
+        Ok((root, PagingType::Paging4Level))
+    );
+    assert_eq!(
+        table_of_registers(0x8085_3519, root),
+        Ok((root, PagingType::Paging3Level))
+    );
+    for (tcr, what) in [
+        (0x8085_3514u64, "T0SZ 20"),
+        (0x8085_7510, "TG0 64 KiB"),
+        (0x8085_B510, "TG0 16 KiB"),
+    ] {
+        assert_eq!(
+            table_of_registers(tcr, root),
+            Err(ForeignTableError::Unsupported(PtError::UnsupportedPagingType)),
+            "{what}"
+        );
+    }
 }

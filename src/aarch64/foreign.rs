@@ -192,6 +192,23 @@ impl From<ForeignTableError> for PtError {
     }
 }
 
+/// The root and paging type of the table that TCR_ELx and TTBR0_ELx values describe (EL1 or
+/// EL2 layout alike: T0SZ and TG0 are bits 5:0 and 15:14 in both): the root is TTBR0's
+/// BADDR (bits 47:12; the ASID at 63:48 and CnP at bit 0 are dropped), T0SZ 16 is
+/// `Paging4Level` and 25 `Paging3Level`. Another T0SZ, or a granule other than 4 KiB
+/// (TG0 != 0b00), is `Unsupported(UnsupportedPagingType)`.
+///
+/// AAVMF's TCR_EL1 0x5_8080_3510 and TCR_EL2 0x8085_3510 both give `Paging4Level`.
+pub const fn table_of_registers(tcr: u64, ttbr0: u64) -> Result<(u64, PagingType), ForeignTableError> {
+    let tg0 = (tcr >> 14) & 0b11;
+    let paging_type = match (tcr & 0x3F, tg0) {
+        (16, 0) => PagingType::Paging4Level,
+        (25, 0) => PagingType::Paging3Level,
+        _ => return Err(ForeignTableError::Unsupported(PtError::UnsupportedPagingType)),
+    };
+    Ok((ttbr0 & ADDRESS, paging_type))
+}
+
 /// The [`MemoryAttributes`] cache attribute of a MAIR byte, if it has one (see the
 /// [module documentation](self)).
 pub const fn cache_of_mair_byte(byte: u8) -> Option<MemoryAttributes> {

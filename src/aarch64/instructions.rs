@@ -121,6 +121,12 @@ impl CurrentTranslation {
         }
         Ok(Self { el, mair, tcr, ttbr0 })
     }
+
+    /// The root and paging type of the table in use
+    /// ([`table_of_registers`](super::foreign::table_of_registers)).
+    pub fn table(&self) -> Result<(u64, crate::PagingType), super::ForeignTableError> {
+        super::foreign::table_of_registers(self.tcr, self.ttbr0)
+    }
 }
 
 const _: () = assert!(<El2 as Regime>::EL == 2);
