@@ -95,9 +95,11 @@ impl Run<'_> {
             }
             .map_err(|e| alloc::format!("{e}"))
         } else {
-            let mut transaction = self.table.transaction();
-            transaction.extend(changes.iter().map(crate::op_of));
-            transaction.commit().map(drop).map_err(|e| alloc::format!("{e}"))
+            use txpaging::TransactionalTable;
+            self.table
+                .commit_ops(changes.iter().map(crate::op_of))
+                .map(|committed| self.table.release_retired(committed.retired))
+                .map_err(|e| alloc::format!("{e}"))
         };
         if let Err(error) = result {
             crate::fail(&alloc::format!("live change {changes:x?}: {error}"));
@@ -156,8 +158,8 @@ impl Run<'_> {
 /// changes are recorded in `model`, not printed: the host's replay stops before them.
 pub fn run(table: &mut Table, model: &mut Model, buffer: u64, quiet: bool) -> LiveTally {
     use uefi_attr::{RO, RP, WB, XP};
-    let invalidations = table.mmu().page_invalidations.load(Ordering::Relaxed);
-    let full = table.mmu().full_flushes.load(Ordering::Relaxed);
+    let invalidations = crate::arch::mmu_state(table).page_invalidations.load(Ordering::Relaxed);
+    let full = crate::arch::mmu_state(table).full_flushes.load(Ordering::Relaxed);
     let mut run = Run {
         table: &mut *table,
         model,
@@ -288,7 +290,7 @@ pub fn run(table: &mut Table, model: &mut Model, buffer: u64, quiet: bool) -> Li
         &gone,
     );
     let mut tally = run.tally;
-    tally.invalidations = table.mmu().page_invalidations.load(Ordering::Relaxed) - invalidations;
-    tally.full_flushes = table.mmu().full_flushes.load(Ordering::Relaxed) - full;
+    tally.invalidations = crate::arch::mmu_state(table).page_invalidations.load(Ordering::Relaxed) - invalidations;
+    tally.full_flushes = crate::arch::mmu_state(table).full_flushes.load(Ordering::Relaxed) - full;
     tally
 }

@@ -17,7 +17,7 @@ extern crate alloc;
 mod arch;
 mod heap;
 mod live;
-mod mmu;
+pub mod mmu;
 mod model;
 mod pages;
 mod pe;
@@ -114,7 +114,8 @@ pub fn run() -> ! {
     commit(&mut table, &mut model, &build, "build");
 
     // The DXE-style protection batch, one transaction.
-    let batch = protection_batch(&descriptors, &images, guard);
+    let null_mapped = model.expect(0).is_some();
+    let batch = protection_batch(&descriptors, &images, guard, null_mapped);
     commit(&mut table, &mut model, &batch, "protect");
 
     // Install with the library's own install.
@@ -150,9 +151,9 @@ pub fn run() -> ! {
     let real = live::run(&mut table, &mut model, buffer, false);
     report_live("LIVE", &real);
     failures += real.stale;
-    table.mmu().set_dropping(true);
+    arch::mmu_state(&table).set_dropping(true);
     let negative = live::run(&mut table, &mut model, buffer, true);
-    table.mmu().set_dropping(false);
+    arch::mmu_state(&table).set_dropping(false);
     arch::flush_local();
     report_live("NEGATIVE_LIVE", &negative);
     if negative.stale == 0 {
@@ -186,15 +187,15 @@ pub fn run() -> ! {
     // Back to the firmware's table.
     failures += arch::restore(&entry);
     let pages = table.allocator();
-    let counter = |c: &core::sync::atomic::AtomicU64| c.load(core::sync::atomic::Ordering::Relaxed);
+    let mmu = arch::mmu_state(&table);
     txp!(
         "PAGES in_use={} freed={} table_pages={} invalidations={} full_flushes={} installs={}",
         pages.in_use,
         pages.freed,
         table.table_pages(),
-        counter(&table.mmu().page_invalidations),
-        counter(&table.mmu().full_flushes),
-        counter(&table.mmu().installs)
+        mmu::MmuState::count(&mmu.page_invalidations),
+        mmu::MmuState::count(&mmu.full_flushes),
+        mmu::MmuState::count(&mmu.installs)
     );
     txp!("END failures={failures}");
     arch::exit(failures == 0)
@@ -308,8 +309,14 @@ fn uncovered(regions: &[txpaging::MappedRegion], start: u64, end: u64) -> Vec<(u
 }
 
 /// The protection batch: data-type memory XP; each image's headers RO+XP, code RO,
-/// read-only data RO+XP, data XP; the NULL page and the stack guard page not present.
-fn protection_batch(descriptors: &[(u32, u64, u64, u64)], images: &[(u64, u64)], guard: u64) -> Vec<Change> {
+/// read-only data RO+XP, data XP; the NULL page (if mapped) and the stack guard page not
+/// present.
+fn protection_batch(
+    descriptors: &[(u32, u64, u64, u64)],
+    images: &[(u64, u64)],
+    guard: u64,
+    null_mapped: bool,
+) -> Vec<Change> {
     use uefi_attr::{RO, RP, XP};
     let mut batch = Vec::new();
     for &(ty, start, end, _) in descriptors {
@@ -354,11 +361,14 @@ fn protection_batch(descriptors: &[(u32, u64, u64, u64)], images: &[(u64, u64)],
     // Images whose sections are not page aligned (most of OVMF's drivers, SectionAlignment
     // 0x40) mix code and data in a page: like edk2, they are left as the firmware mapped them.
     txp!("IMAGES protected={protected} unaligned_left_alone={skipped}");
-    batch.push(Change::Protect {
-        va: 0,
-        size: PAGE,
-        attributes: RP,
-    });
+    // The NULL page not present (a protect needs it mapped; AAVMF leaves it unmapped).
+    if null_mapped {
+        batch.push(Change::Protect {
+            va: 0,
+            size: PAGE,
+            attributes: RP,
+        });
+    }
     batch.push(Change::Protect {
         va: guard,
         size: PAGE,
@@ -410,27 +420,30 @@ fn try_commit(
     changes: &[Change],
     name: &str,
 ) -> Result<txpaging::CommitReport, TxnError> {
-    let mut transaction = table.transaction();
-    transaction.extend(changes.iter().map(op_of));
-    let plan = transaction.plan()?;
+    use txpaging::TransactionalTable;
+    let plan = table.plan_ops(changes.iter().map(op_of))?;
     txp!(
-        "PLAN name={name} ops={} ranges={} tables_to_allocate={} tables_to_free={} entries_to_write={} pages_to_invalidate={} full_flush={}",
+        "PLAN name={name} ops={} ranges={} tables_to_allocate={} tables_to_free={} entries_to_write={} pages_to_invalidate={} full_flush={} breaks={}",
         changes.len(),
         plan.ranges.len(),
         plan.tables_to_allocate,
         plan.tables_to_free,
         plan.entries_to_write,
         plan.pages_to_invalidate.len(),
-        u8::from(plan.full_flush)
+        u8::from(plan.full_flush),
+        plan.breaks
     );
-    let report = transaction.commit()?;
+    let committed = table.commit_ops(changes.iter().map(op_of))?;
+    let report = committed.report;
+    table.release_retired(committed.retired);
     txp!(
-        "COMMIT name={name} entries_written={} tables_allocated={} tables_freed={} pages_invalidated={} full_flushes={}",
+        "COMMIT name={name} entries_written={} tables_allocated={} tables_freed={} pages_invalidated={} full_flushes={} breaks={}",
         report.entries_written,
         report.tables_allocated,
         report.tables_freed,
         report.pages_invalidated,
-        report.full_flushes
+        report.full_flushes,
+        report.breaks
     );
     for change in changes {
         let (kind, va, pa, size, attributes) = change.fields();

@@ -7,9 +7,9 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use txpaging::{Barrier, InstallRequest, Mmu, PtError, Tlb};
 
+/// The counters and the switch, whatever the architecture.
 #[derive(Default)]
-pub struct AppMmu<M> {
-    real: M,
+pub struct MmuState {
     drop_invalidations: AtomicBool,
     pub page_invalidations: AtomicU64,
     pub full_flushes: AtomicU64,
@@ -17,7 +17,7 @@ pub struct AppMmu<M> {
     pub installs: AtomicU64,
 }
 
-impl<M> AppMmu<M> {
+impl MmuState {
     pub fn set_dropping(&self, dropping: bool) {
         self.drop_invalidations.store(dropping, Ordering::SeqCst);
     }
@@ -30,19 +30,37 @@ impl<M> AppMmu<M> {
             false
         }
     }
+
+    pub fn count(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+pub struct AppMmu<M> {
+    real: M,
+    pub state: MmuState,
+}
+
+impl<M> AppMmu<M> {
+    pub fn new(real: M) -> Self {
+        Self {
+            real,
+            state: MmuState::default(),
+        }
+    }
 }
 
 impl<M: Tlb> Tlb for AppMmu<M> {
     fn invalidate_page(&self, va: u64) {
-        if !self.dropping() {
-            self.page_invalidations.fetch_add(1, Ordering::Relaxed);
+        if !self.state.dropping() {
+            self.state.page_invalidations.fetch_add(1, Ordering::Relaxed);
             self.real.invalidate_page(va);
         }
     }
 
     fn invalidate_all(&self) {
-        if !self.dropping() {
-            self.full_flushes.fetch_add(1, Ordering::Relaxed);
+        if !self.state.dropping() {
+            self.state.full_flushes.fetch_add(1, Ordering::Relaxed);
             self.real.invalidate_all();
         }
     }
@@ -54,7 +72,7 @@ impl<M: Tlb> Tlb for AppMmu<M> {
 
 impl<M: Mmu> Mmu for AppMmu<M> {
     fn install(&self, request: &InstallRequest) -> Result<(), PtError> {
-        self.installs.fetch_add(1, Ordering::Relaxed);
+        self.state.installs.fetch_add(1, Ordering::Relaxed);
         self.real.install(request)
     }
 }

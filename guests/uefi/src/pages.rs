@@ -48,7 +48,6 @@ impl FirmwarePages {
         }
         Ok(())
     }
-
 }
 
 fn allocate() -> Result<u64, PtError> {

@@ -26,7 +26,10 @@ impl Write for Uart {
 
 /// Writes one `TXP ` line.
 pub fn line(args: fmt::Arguments<'_>) {
-    while LOCK.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while LOCK
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         core::hint::spin_loop();
     }
     let _ = Uart.write_str("\r\nTXP ");

@@ -25,7 +25,10 @@ unsafe impl critical_section::Impl for MpCriticalSection {
             DEPTH.fetch_add(1, Ordering::Relaxed);
             return interrupts;
         }
-        while OWNER.compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        while OWNER
+            .compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             core::hint::spin_loop();
         }
         DEPTH.store(1, Ordering::Relaxed);

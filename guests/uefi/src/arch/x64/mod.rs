@@ -13,7 +13,7 @@ use txpaging::x64::existing::ExistingLayout;
 use txpaging::x64::{X64Config, X64Mmu, X64PageTable};
 use txpaging::{MappedRegion, PageTable, PagingType, RecordingMmu};
 
-use crate::mmu::AppMmu;
+use crate::mmu::{AppMmu, MmuState};
 use crate::pages::{FirmwarePages, ReadOnlyPages};
 
 pub const NAME: &str = "x64";
@@ -21,6 +21,11 @@ pub const NAME: &str = "x64";
 pub type Table = X64PageTable<FirmwarePages, AppMmu<X64Mmu>>;
 
 pub use cpu::{disable_interrupts, restore_interrupts};
+
+/// The MMU's counters and invalidation switch.
+pub fn mmu_state(table: &Table) -> &MmuState {
+    &table.mmu().state
+}
 
 /// This CPU's local APIC ID.
 pub fn cpu_id() -> u32 {
@@ -158,8 +163,13 @@ pub fn adopt(entry: &Entry) -> Result<(Vec<MappedRegion>, String), String> {
 
 /// A new, empty table in the firmware's paging mode.
 pub fn new_table(entry: &Entry) -> Result<Table, String> {
-    X64PageTable::with_mmu(FirmwarePages::new(), entry.paging_type(), X64Config::detect(), AppMmu::default())
-        .map_err(|e| alloc::format!("{e}"))
+    X64PageTable::with_mmu(
+        FirmwarePages::new(),
+        entry.paging_type(),
+        X64Config::detect(),
+        AppMmu::new(X64Mmu::new()),
+    )
+    .map_err(|e| alloc::format!("{e}"))
 }
 
 /// What the firmware's memory map calls data is mapped without a cache attribute on X64

@@ -26,9 +26,9 @@ use uefi::boot::{self, EventType, Tpl};
 use uefi::proto::pi::mp::MpServices;
 
 use super::cpu;
+use crate::arch::Table;
 use crate::live::MAGIC;
 use crate::model::{uefi_attr, Change, Model};
-use crate::arch::Table;
 
 pub const MAX_CPUS: usize = 8;
 const PAGE: u64 = 4096;
