@@ -166,7 +166,7 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
     assert_eq!(aps, 3, "{mp}");
     let ap_lines = tagged(&results, "AP");
     assert_eq!(
-        ap_lines.iter().filter(|l| l.contains("cr3_loaded=1")).count() as u64,
+        ap_lines.iter().filter(|l| l.contains("table_loaded=1")).count() as u64,
         aps,
         "{}",
         context()

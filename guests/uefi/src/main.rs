@@ -15,6 +15,7 @@
 extern crate alloc;
 
 mod arch;
+mod cores;
 mod heap;
 mod live;
 pub mod mmu;
@@ -174,8 +175,8 @@ pub fn run() -> ! {
         buffer + 2 * PAGE,
         buffer + 4 * PAGE,
         live::ALIAS,
-        arch::mp::ALIAS,
-        arch::mp::SHARED_PAGE,
+        cores::ALIAS,
+        cores::SHARED_PAGE,
         guard,
     ];
     let vas = probes::addresses(&model, &expected, &extra, &mut rng, 1000);
