@@ -19,14 +19,10 @@ mod firmware_support;
 #[allow(dead_code)]
 mod model;
 
-use std::time::{Duration, Instant};
-
-use firmware_support::{field, tagged, Machine, Scratch};
+use firmware_support::{field, tagged};
 use model::{uefi_attr, Change, Model};
 
 const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
-/// isa-debug-exit turns the application's pass code 0x10 into QEMU's exit status 0x21.
-const PASS_STATUS: i32 = 0x10 << 1 | 1;
 
 #[test]
 fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
@@ -38,10 +34,7 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
     ) else {
         return;
     };
-    let (efi, build_time) = firmware_support::build_application("x86_64");
-    let scratch = Scratch::new("x64");
-    let esp = scratch.esp(&efi, "BOOTX64.EFI");
-    let args: Vec<String> = [
+    let machine = [
         "-M",
         "q35",
         "-cpu",
@@ -54,56 +47,12 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
         "none",
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-bios",
-        OVMF,
-        "-drive",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("format=raw,file=fat:rw:{}", esp.display())])
-    .collect();
-
-    let started = Instant::now();
-    let mut machine = Machine::start(&prerequisites.qemu, &scratch, &args, Duration::from_secs(600));
-    let mut results = Vec::new();
-    let mut tlb: Option<(String, String, usize)> = None;
-    while let Some(line) = machine.next_result() {
-        if line.starts_with("MONITOR ready") {
-            let ops = field(&line, "ops").expect("ops=") as usize;
-            tlb = Some((machine.monitor("info tlb"), machine.monitor("info mem"), ops));
-            machine.send_serial(b'g');
-        }
-        let end = line.starts_with("END ");
-        results.push(line);
-        if end {
-            break;
-        }
-    }
-    let ending = machine.finish(started);
-    results.extend(ending.results);
-    let console_tail = ending
-        .console
-        .iter()
-        .rev()
-        .take(40)
-        .rev()
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("\n");
-    let context = || format!("results:\n{}\nconsole tail:\n{console_tail}", results.join("\n"));
-
-    // The run ended as it should.
-    assert_eq!(ending.status, Some(PASS_STATUS), "exit status; {}", context());
-    assert!(tagged(&results, "FATAL").is_empty(), "{}", context());
-    assert!(tagged(&results, "MISMATCH").is_empty(), "{}", context());
-    let end = tagged(&results, "END");
-    assert_eq!(end.len(), 1, "{}", context());
-    assert_eq!(field(end[0], "failures"), Some(0), "{}", context());
+    ];
+    let boot = firmware_support::boot("x64", "x86_64", &prerequisites, &machine, "BOOTX64.EFI", "");
+    let mut summary = firmware_support::check_common(&boot, "SHOOTDOWN");
 
     // The firmware's table was adopted and the library's install programmed the registers.
-    let entry = tagged(&results, "ENTRY")[0];
-    let installed = tagged(&results, "INSTALLED")[0];
-    let restored = tagged(&results, "RESTORED")[0];
+    let (entry, installed, restored) = (boot.line("ENTRY"), boot.line("INSTALLED"), boot.line("RESTORED"));
     assert_eq!(field(installed, "pat"), Some(txpaging::x64::PAT_LAYOUT), "{installed}");
     assert_eq!(field(installed, "cr3"), field(installed, "root"), "{installed}");
     assert_ne!(
@@ -113,111 +62,29 @@ fn txpaging_runs_inside_ovmf_on_a_live_multicore_machine() {
     );
     assert_eq!(field(restored, "cr3"), field(entry, "cr3"), "{restored}");
     assert_eq!(field(restored, "pat"), field(entry, "pat"), "{restored}");
-    assert!(field(tagged(&results, "ADOPT")[0], "leaves").expect("leaves") > 0);
-    let boot_services = tagged(&results, "BOOT_SERVICES")[0];
-    for key in ["console", "pages", "pool", "timer"] {
-        assert_eq!(field(boot_services, key), Some(1), "{boot_services}");
-    }
-
-    // Probes: none mismatched, and each pass made enough of each access to mean something.
-    let passes = tagged(&results, "PROBES");
-    assert!(!passes.is_empty(), "{}", context());
-    for pass in &passes {
-        assert_eq!(field(pass, "mismatches"), Some(0), "{pass}");
-        assert!(field(pass, "reads").expect("reads") >= 100, "{pass}");
-        assert!(field(pass, "faults").expect("faults") >= 10, "{pass}");
-    }
-    let installed_pass = passes
-        .iter()
-        .find(|p| p.contains("phase=installed"))
-        .expect("installed pass");
-    assert!(
-        field(installed_pass, "addresses").expect("addresses") >= 3000,
-        "{installed_pass}"
-    );
-    assert!(
-        field(installed_pass, "executes").expect("executes") >= 100,
-        "{installed_pass}"
-    );
-    assert!(
-        field(installed_pass, "writes").expect("writes") >= 1000,
-        "{installed_pass}"
-    );
-
-    // Live changes: nothing stale with the library's invalidations, the split and merge
-    // happened, and the same sequence without invalidations was seen stale (negative control).
-    let live = tagged(&results, "LIVE")[0];
-    assert_eq!(field(live, "stale"), Some(0), "{live}");
-    assert!(field(live, "changes").expect("changes") >= 200, "{live}");
-    assert!(field(live, "tables_split").expect("split") >= 1, "{live}");
-    assert!(field(live, "tables_merged").expect("merged") >= 1, "{live}");
-    assert!(field(live, "invalidations").expect("invalidations") >= 200, "{live}");
-    assert!(field(live, "full_flushes").expect("full flushes") >= 1, "{live}");
-    let negative = tagged(&results, "NEGATIVE_LIVE")[0];
-    assert!(field(negative, "stale_reads").expect("stale reads") > 0, "{negative}");
-    assert_eq!(field(negative, "invalidations"), Some(0), "{negative}");
-
-    // Several cores: every AP loaded the table and saw the alias; with the shootdown hook no
-    // AP read a stale frame, without it at least one did (negative control); the APs'
-    // requests through the mapping service equal their serial replay in queue order, and
-    // every AP reads the frame the last request mapped.
-    let mp = tagged(&results, "MP")[0];
-    let aps = field(mp, "aps").expect("aps");
-    assert_eq!(aps, 3, "{mp}");
-    let ap_lines = tagged(&results, "AP");
-    assert_eq!(
-        ap_lines.iter().filter(|l| l.contains("table_loaded=1")).count() as u64,
-        aps,
-        "{}",
-        context()
-    );
-    let shootdown = tagged(&results, "SHOOTDOWN")[0];
-    assert_eq!(field(shootdown, "stale"), Some(0), "{shootdown}");
-    assert_eq!(field(shootdown, "ap_reads"), Some(20 * aps), "{shootdown}");
-    assert_eq!(field(shootdown, "hook_ran"), Some(20), "{shootdown}");
-    let no_shootdown = tagged(&results, "NEGATIVE_SHOOTDOWN")[0];
-    assert!(field(no_shootdown, "stale").expect("stale") > 0, "{no_shootdown}");
-    let service = tagged(&results, "SERVICE")[0];
-    assert_eq!(field(service, "requests"), Some(12 * aps), "{service}");
-    assert_eq!(
-        field(service, "failed"),
-        Some(aps),
-        "one failing request per AP: {service}"
-    );
-    assert_eq!(field(service, "replay_mismatches"), Some(0), "{service}");
-    assert_eq!(field(service, "direct_ap_commits"), Some(1), "{service}");
-    let shared: Vec<&&str> = ap_lines.iter().filter(|l| l.contains("shared_frame=")).collect();
-    assert_eq!(shared.len() as u64, aps, "{}", context());
-    for line in &shared {
-        assert_eq!(field(line, "shared_frame"), field(line, "expected"), "{line}");
-    }
-    assert_eq!(
-        field(tagged(&results, "MP").last().expect("MP"), "aps_returned"),
-        Some(1),
-        "{}",
-        context()
-    );
+    assert!(field(boot.line("ADOPT"), "leaves").expect("leaves") > 0);
+    let shootdowns = boot.line("SHOOTDOWN");
+    assert_eq!(field(shootdowns, "hook_ran"), Some(20), "{shootdowns}");
 
     // QEMU's own decoder agrees with the changes the application made.
-    let (tlb, mem, ops) = tlb.expect("the application asked for the monitor cross-check");
+    let (tlb, mem, ops) = boot
+        .monitor
+        .clone()
+        .expect("the application asked for the monitor cross-check");
     let saved = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/firmware");
     let _ = std::fs::write(saved.join("info-tlb-x64.txt"), &tlb);
     let _ = std::fs::write(saved.join("info-mem-x64.txt"), &mem);
-    let model = replay(&results, ops);
+    let model = replay(&boot.results, ops);
     let present = parse_info_mem(&mem).unwrap_or_else(|e| panic!("{e}"));
     compare_with_info_mem(&model, &present).unwrap_or_else(|e| panic!("{e}"));
     let checked = compare_with_info_tlb(&model, &tlb, &present).unwrap_or_else(|e| panic!("{e}"));
-
-    println!(
-        "firmware_x64: build {:.1} s, boot {:.1} s\n  {}\n  {live}\n  {negative}\n  {mp}\n  {}\n  {shootdown}\n  {no_shootdown}\n  {service}\n  info tlb: {} leaves, {} pages checked; info mem: {} ranges",
-        build_time.as_secs_f64(),
-        ending.took.as_secs_f64(),
-        passes.join("\n  "),
-        ap_lines.join("\n  "),
+    summary.push(format!(
+        "info tlb: {} leaves, {} pages checked; info mem: {} ranges",
         checked.0,
         checked.1,
         present.len()
-    );
+    ));
+    println!("firmware_x64:\n  {}", summary.join("\n  "));
 }
 
 /// The first `ops` changes the application printed (`OP kind va pa size attributes`).

@@ -300,3 +300,187 @@ pub fn tagged<'a>(results: &'a [String], tag: &str) -> Vec<&'a str> {
         .map(String::as_str)
         .collect()
 }
+
+/// QEMU's exit status for a pass: the application's pass code 0x10 through isa-debug-exit
+/// (`(code << 1) | 1`) on X64, the same value through semihosting on AArch64.
+pub const PASS_STATUS: i32 = 0x21;
+
+/// One boot of the application: what it reported and what the host saw.
+pub struct Boot {
+    /// The `TXP ` lines, without the prefix.
+    pub results: Vec<String>,
+    /// QEMU's exit status.
+    pub status: Option<i32>,
+    /// Wall time of the build and of the boot.
+    pub build_time: Duration,
+    pub boot_time: Duration,
+    /// `info tlb`, `info mem` and the number of changes before them, when the application
+    /// asked for the monitor cross-check.
+    pub monitor: Option<(String, String, usize)>,
+    /// The last console lines (for failure messages).
+    pub console_tail: String,
+}
+
+impl Boot {
+    /// Everything the application reported, and the console's end, for a failure message.
+    pub fn context(&self) -> String {
+        format!(
+            "results:\n{}\nconsole tail:\n{}",
+            self.results.join("\n"),
+            self.console_tail
+        )
+    }
+
+    /// The first line tagged `tag`.
+    pub fn line(&self, tag: &str) -> &str {
+        tagged(&self.results, tag)
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("no {tag} line; {}", self.context()))
+    }
+}
+
+/// Builds the application for `arch`, boots it with `machine` (QEMU arguments before the
+/// ESP drive) and the ESP drive options `drive_options` (appended to `format=raw,file=...`),
+/// answers its monitor request, and collects its reports.
+pub fn boot(
+    test: &str,
+    arch: &str,
+    prerequisites: &Prerequisites,
+    machine: &[&str],
+    boot_file: &str,
+    drive_options: &str,
+) -> Boot {
+    let (efi, build_time) = build_application(arch);
+    let scratch = Scratch::new(test);
+    let esp = scratch.esp(&efi, boot_file);
+    let mut args: Vec<String> = machine.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "-bios".to_string(),
+        prerequisites.firmware.display().to_string(),
+        "-drive".to_string(),
+    ]);
+    args.push(format!("format=raw,file=fat:rw:{}{drive_options}", esp.display()));
+    let started = Instant::now();
+    let mut machine = Machine::start(&prerequisites.qemu, &scratch, &args, Duration::from_secs(600));
+    let mut results = Vec::new();
+    let mut monitor = None;
+    while let Some(line) = machine.next_result() {
+        if line.starts_with("MONITOR ready") {
+            let ops = field(&line, "ops").expect("ops=") as usize;
+            monitor = Some((machine.monitor("info tlb"), machine.monitor("info mem"), ops));
+            machine.send_serial(b'g');
+        }
+        let end = line.starts_with("END ");
+        results.push(line);
+        if end {
+            break;
+        }
+    }
+    let ending = machine.finish(started);
+    results.extend(ending.results);
+    let console_tail = ending
+        .console
+        .iter()
+        .rev()
+        .take(40)
+        .rev()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    Boot {
+        results,
+        status: ending.status,
+        build_time,
+        boot_time: ending.took,
+        monitor,
+        console_tail,
+    }
+}
+
+/// The checks every architecture's run must pass: the exit status and END line, no FATAL or
+/// MISMATCH, boot services on the new table, each probe pass, the live changes and their
+/// negative control, the other cores (the remap rounds tagged `coherence` and their negative
+/// control, the mapping service and its serial replay). Returns the lines worth printing.
+pub fn check_common(boot: &Boot, coherence: &str) -> Vec<String> {
+    let context = || boot.context();
+    let results = &boot.results;
+    assert_eq!(boot.status, Some(PASS_STATUS), "exit status; {}", context());
+    assert!(tagged(results, "FATAL").is_empty(), "{}", context());
+    assert!(tagged(results, "MISMATCH").is_empty(), "{}", context());
+    assert_eq!(field(boot.line("END"), "failures"), Some(0), "{}", context());
+    let boot_services = boot.line("BOOT_SERVICES");
+    for key in ["console", "pages", "pool", "timer"] {
+        assert_eq!(field(boot_services, key), Some(1), "{boot_services}");
+    }
+
+    // Probes: none mismatched, and each pass made enough of each access to mean something.
+    let passes = tagged(results, "PROBES");
+    assert_eq!(passes.len(), 2, "{}", context());
+    for pass in &passes {
+        assert_eq!(field(pass, "mismatches"), Some(0), "{pass}");
+        assert!(field(pass, "addresses").expect("addresses") >= 3000, "{pass}");
+        assert!(field(pass, "reads").expect("reads") >= 1000, "{pass}");
+        assert!(field(pass, "writes").expect("writes") >= 1000, "{pass}");
+        assert!(field(pass, "executes").expect("executes") >= 100, "{pass}");
+        assert!(field(pass, "faults").expect("faults") >= 100, "{pass}");
+    }
+
+    // Live changes: nothing stale with the library's invalidations, the split and merge
+    // happened, and the same sequence without invalidations was seen stale.
+    let live = boot.line("LIVE");
+    assert_eq!(field(live, "stale"), Some(0), "{live}");
+    assert!(field(live, "changes").expect("changes") >= 200, "{live}");
+    assert!(field(live, "tables_split").expect("split") >= 1, "{live}");
+    assert!(field(live, "tables_merged").expect("merged") >= 1, "{live}");
+    assert!(field(live, "invalidations").expect("invalidations") >= 200, "{live}");
+    assert!(field(live, "full_flushes").expect("full flushes") >= 1, "{live}");
+    let negative = boot.line("NEGATIVE_LIVE");
+    assert!(field(negative, "stale_reads").expect("stale reads") > 0, "{negative}");
+    assert_eq!(field(negative, "invalidations"), Some(0), "{negative}");
+
+    // The other cores: every one loaded the table and saw the alias; with the coherence
+    // mechanism no core read a stale frame, without it at least one did; the requests
+    // through the mapping service equal their serial replay in queue order, and every core
+    // reads the frame the last request mapped; all cores left the table.
+    let mp = boot.line("MP");
+    let ap_lines = tagged(results, "AP");
+    let aps = ap_lines.iter().filter(|l| l.contains("table_loaded=1")).count() as u64;
+    assert_eq!(aps, 3, "{}", context());
+    let rounds = boot.line(coherence);
+    assert_eq!(field(rounds, "stale"), Some(0), "{rounds}");
+    assert_eq!(field(rounds, "ap_reads"), Some(20 * aps), "{rounds}");
+    let negative_tag = format!("NEGATIVE_{coherence}");
+    let no_coherence = boot.line(&negative_tag);
+    assert!(field(no_coherence, "stale").expect("stale") > 0, "{no_coherence}");
+    let service = boot.line("SERVICE");
+    assert_eq!(field(service, "requests"), Some(12 * aps), "{service}");
+    assert_eq!(
+        field(service, "failed"),
+        Some(aps),
+        "one failing request per core: {service}"
+    );
+    assert_eq!(field(service, "replay_mismatches"), Some(0), "{service}");
+    assert_eq!(field(service, "direct_ap_commits"), Some(1), "{service}");
+    let shared: Vec<&&str> = ap_lines.iter().filter(|l| l.contains("shared_frame=")).collect();
+    assert_eq!(shared.len() as u64, aps, "{}", context());
+    for line in &shared {
+        assert_eq!(field(line, "shared_frame"), field(line, "expected"), "{line}");
+    }
+    let returned = tagged(results, "MP")
+        .into_iter()
+        .find(|l| l.contains("aps_returned"))
+        .expect("aps_returned");
+    assert_eq!(field(returned, "aps_returned"), Some(1), "{}", context());
+
+    let mut summary = vec![format!(
+        "build {:.1} s, boot {:.1} s",
+        boot.build_time.as_secs_f64(),
+        boot.boot_time.as_secs_f64()
+    )];
+    summary.extend(passes.iter().map(|l| l.to_string()));
+    summary.extend([live, negative, mp].map(str::to_string));
+    summary.extend(ap_lines.iter().map(|l| l.to_string()));
+    summary.extend([rounds, no_coherence, service].map(str::to_string));
+    summary
+}

@@ -174,6 +174,8 @@ pub struct Tally {
     pub reads: usize,
     pub writes: usize,
     pub executes: usize,
+    /// Hardware walks without an access (AArch64 `AT`), compared with the model.
+    pub translations: usize,
     pub faults: usize,
     pub mismatches: usize,
     pub skipped: usize,
@@ -230,6 +232,15 @@ pub fn run(phase: &str, vas: &[u64], expected: &Expected, memory: &Memory) -> Ta
         let mapping = expected.at(va);
         let access = Access::of(mapping);
         let kind = mapping.map_or(Kind::Other, |(pa, _)| memory.kind(pa));
+        if let Some(matches) = probe::translation_matches(va, mapping, access) {
+            tally.translations += 1;
+            if !matches {
+                tally.mismatches += 1;
+                if tally.mismatches <= 20 {
+                    crate::txp!("MISMATCH phase={phase} access=translate va={va:#x} expected={mapping:x?}");
+                }
+            }
+        }
         // Read: where it cannot have a side effect, or where it must fault.
         if kind != Kind::Other || !access.present {
             tally.reads += 1;

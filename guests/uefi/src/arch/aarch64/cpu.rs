@@ -48,8 +48,6 @@ el_register!(read_tcr, write_tcr, "tcr_el1", "tcr_el2");
 el_register!(read_ttbr0, write_ttbr0, "ttbr0_el1", "ttbr0_el2");
 el_register!(read_sctlr, write_sctlr, "sctlr_el1", "sctlr_el2");
 el_register!(read_vbar, write_vbar, "vbar_el1", "vbar_el2");
-el_register!(read_esr, write_esr, "esr_el1", "esr_el2");
-el_register!(read_far, write_far, "far_el1", "far_el2");
 
 /// Invalidates every translation of the current regime on every core, with the barriers
 /// around it (Arm ARM D8.14 / K13.5: DSB ISHST, TLBI, DSB ISH, ISB).
@@ -108,13 +106,6 @@ pub fn counter() -> u64 {
     let value: u64;
     // SAFETY: reading the counter has no side effects.
     unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) value, options(nomem, nostack, preserves_flags)) };
-    value
-}
-
-pub fn counter_frequency() -> u64 {
-    let value: u64;
-    // SAFETY: reading CNTFRQ_EL0 has no side effects.
-    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) value, options(nomem, nostack, preserves_flags)) };
     value
 }
 

@@ -54,9 +54,10 @@ pub fn ticks() -> u64 {
 /// QEMU virt's generic timer runs at 62.5 MHz.
 pub const TICKS_PER_SECOND: u64 = 62_500_000;
 
-/// Ends the run through semihosting: QEMU exits with 0 for a pass, 1 for a failure.
+/// Ends the run through semihosting: QEMU exits with 0x21 for a pass and 0x23 for a failure
+/// (the statuses isa-debug-exit gives on X64; a plain 0 would also be a guest reset).
 pub fn exit(pass: bool) -> ! {
-    cpu::semihosting_exit(if pass { 0 } else { 1 })
+    cpu::semihosting_exit(if pass { 0x21 } else { 0x23 })
 }
 
 /// `RET` (0xD65F03C0, Arm ARM C6.2.254) in every aligned word of `page`.
@@ -231,6 +232,52 @@ pub fn restore(entry: &Entry) -> usize {
         now.ttbr0
     );
     usize::from(now.mair != entry.mair || now.tcr != entry.tcr || now.ttbr0 != entry.ttbr0)
+}
+
+/// QEMU's monitor decodes no AArch64 table; the probes' `AT` walks compare the hardware's
+/// walk with the model instead.
+pub const MONITOR_CROSS_CHECK: bool = false;
+
+/// A change that needs break-before-make (Arm ARM D8.14.1) on an entry mapping the code that
+/// runs the commit would unmap that code mid-commit. txpaging refuses it when the range is
+/// pinned: the page of this function and of the stack are pinned, a memory-type change of
+/// the code page must fail with `PinnedRangeBreak` and leave its translation unchanged, and
+/// a permission change on the pinned stack page (done in place, no break) must succeed.
+/// Returns the failures.
+pub fn pinned_ranges(table: &mut Table, model: &mut crate::model::Model) -> usize {
+    use crate::model::{uefi_attr, Change};
+    let code = pinned_ranges as *const () as u64 & !0xFFF;
+    let marker = 0u64;
+    let stack = &marker as *const u64 as u64 & !0xFFF;
+    let pinned = table
+        .pin_range(code, 0x1000)
+        .and_then(|()| table.pin_range(stack, 0x1000));
+    let before = table.translate(code);
+    let attributes = before.map_or(0, |(_, a)| a.bits());
+    let new_type = (attributes & !uefi_attr::CACHE) | uefi_attr::WT;
+    let refused = table.protect_memory_region(code, 0x1000, txpaging::MemoryAttributes::from_bits_retain(new_type));
+    let unchanged = table.translate(code) == before;
+    let stack_attributes = model.expect(stack).map_or(0, |(_, a)| a & uefi_attr::ACCESS);
+    let in_place = table.protect_memory_region(
+        stack,
+        0x1000,
+        txpaging::MemoryAttributes::from_bits_retain(stack_attributes),
+    );
+    if in_place.is_ok() {
+        model.push(Change::Protect {
+            va: stack,
+            size: 0x1000,
+            attributes: stack_attributes,
+        });
+    }
+    table.unpin_all();
+    let ok = pinned.is_ok() && refused == Err(txpaging::PtError::PinnedRangeBreak) && unchanged && in_place.is_ok();
+    crate::txp!(
+        "PINNED code={code:#x} stack={stack:#x} memory_type_change={refused:?} translation_unchanged={} in_place_change_ok={}",
+        u8::from(unchanged),
+        u8::from(in_place.is_ok())
+    );
+    usize::from(!ok)
 }
 
 /// Drops every translation of the regime (on every core: TLBI ...IS).

@@ -250,3 +250,56 @@ impl Drop for ProbePhase {
         cpu::restore_interrupts(self.interrupts);
     }
 }
+
+/// `AT S1E1R`/`S1E1W` (or `S1E2R`/`S1E2W` at EL2) of `va`: the stage 1 walk of the current
+/// regime, as PAR_EL1 reports it (Arm ARM D17.2.113): `None` when F (bit 0) is set, else the
+/// output page address (PA[47:12]) and ATTR (bits 63:56, in MAIR's encoding).
+fn address_translate(va: u64, write: bool) -> Option<(u64, u8)> {
+    let par: u64;
+    let el2 = cpu::current_el() == 2;
+    // SAFETY: AT only walks the table and writes PAR_EL1, which nothing else here uses.
+    unsafe {
+        match (el2, write) {
+            (false, false) => {
+                core::arch::asm!("at s1e1r, {va}", "isb", "mrs {par}, par_el1", va = in(reg) va, par = out(reg) par, options(nostack, preserves_flags))
+            }
+            (false, true) => {
+                core::arch::asm!("at s1e1w, {va}", "isb", "mrs {par}, par_el1", va = in(reg) va, par = out(reg) par, options(nostack, preserves_flags))
+            }
+            (true, false) => {
+                core::arch::asm!("at s1e2r, {va}", "isb", "mrs {par}, par_el1", va = in(reg) va, par = out(reg) par, options(nostack, preserves_flags))
+            }
+            (true, true) => {
+                core::arch::asm!("at s1e2w, {va}", "isb", "mrs {par}, par_el1", va = in(reg) va, par = out(reg) par, options(nostack, preserves_flags))
+            }
+        }
+    }
+    (par & 1 == 0).then_some((par & 0x0000_FFFF_FFFF_F000, (par >> 56) as u8))
+}
+
+/// The MAIR byte txpaging's layout gives a cache attribute (docs/paging.md, `MAIR_LAYOUT`).
+fn mair_byte(attributes: u64) -> u8 {
+    use crate::model::uefi_attr;
+    match attributes & uefi_attr::CACHE {
+        uefi_attr::WC => 0x44,
+        uefi_attr::WT => 0xBB,
+        uefi_attr::WB => 0xFF,
+        uefi_attr::WP => 0xAA,
+        _ => 0x00,
+    }
+}
+
+/// Whether the hardware walk (AT, PAR) agrees with the model at page `va`: present and
+/// writable as expected, to the expected output page, with the expected memory type.
+/// `None` where the architecture has no such instruction (never, here).
+pub fn translation_matches(va: u64, mapping: Option<(u64, u64)>, access: crate::model::Access) -> Option<bool> {
+    let read = address_translate(va, false);
+    let write = address_translate(va, true);
+    let matches = match mapping {
+        Some((pa, attributes)) if access.present => {
+            read == Some((pa & !0xFFF, mair_byte(attributes))) && write.is_some() == access.writable
+        }
+        _ => read.is_none() && write.is_none(),
+    };
+    Some(matches)
+}

@@ -102,6 +102,11 @@ impl Table {
     pub fn pin_range(&mut self, address: u64, size: u64) -> Result<(), PtError> {
         each!(self, t => t.pin_range(address, size))
     }
+
+    /// Removes every pinned range.
+    pub fn unpin_all(&mut self) {
+        each!(self, t => t.unpin_all())
+    }
 }
 
 impl PageTable for Table {

@@ -215,6 +215,14 @@ pub fn restore(entry: &Entry) -> usize {
     usize::from(now.cr3 != entry.cr3 || now.pat != entry.pat)
 }
 
+/// QEMU's monitor decodes X64 tables (`info tlb`, `info mem`).
+pub const MONITOR_CROSS_CHECK: bool = true;
+
+/// X64 changes entries in place (no break-before-make), so nothing is pinned.
+pub fn pinned_ranges(_table: &mut Table, _model: &mut crate::model::Model) -> usize {
+    0
+}
+
 /// Drops every translation this CPU cached.
 pub fn flush_local() {
     cpu::reload_cr3();
