@@ -56,10 +56,19 @@ pub use service::{MappingService, RequestReport};
 pub use shared::{SharedCommitReport, SharedTable};
 pub use transactional::TransactionalTable;
 pub use txpaging_txn::{
-    Barrier, Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, MappedRegion, MemoryAttributes,
-    Op, PageAllocator, Plan, PlannedRange, PtError, Retired, Tables, Tlb, Transaction, TxnError, PAGE_SIZE,
+    Barrier, Blame, Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, Hex, MappedRegion,
+    MemoryAttributes, Op, PageAllocator, Plan, PlannedRange, PtError, Reason, Regions, Retired, Tables, Tlb,
+    Transaction, TxnError, PAGE_SIZE,
 };
 pub use x64::{X64Config, X64PageTable};
+
+/// What a familiar one-op call returns for a failed commit: the seed's code. The full error
+/// (op range, address, rule) is logged with `log::warn!` and kept for `last_error()`.
+#[cold]
+pub(crate) fn familiar_error(error: TxnError) -> PtError {
+    log::warn!("txpaging: {error}");
+    error.error
+}
 
 /// The paging mode of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

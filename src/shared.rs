@@ -48,7 +48,7 @@ use core::fmt;
 
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::blocking_mutex::Mutex;
-use txpaging_txn::{CommitReport, FlushBatch, MemoryAttributes, Op, Plan, PtError, Retired, TxnError};
+use txpaging_txn::{CommitReport, FlushBatch, MemoryAttributes, Op, Plan, PtError, Reason, Retired, TxnError};
 
 use crate::transactional::TransactionalTable;
 
@@ -129,7 +129,7 @@ impl<T: TransactionalTable, H: Fn(&FlushBatch)> SharedTable<T, H> {
                 };
                 Ok((committed.report, committed.invalidations, retired, inner.commits))
             })
-            .map_err(TxnError::whole)??;
+            .map_err(reentered)??;
         let mut shootdown_ran = false;
         if let (Some(hook), Some(retired)) = (&self.shootdown, retired) {
             if !invalidations.is_empty() || !retired.pages().is_empty() {
@@ -166,6 +166,11 @@ impl<T: TransactionalTable, H> SharedTable<T, H> {
         })
     }
 
+    /// [`exclusive`](Self::exclusive) for an operation that reports a [`TxnError`].
+    fn exclusive_txn<R>(&self, f: impl FnOnce(&mut Inner<T>) -> Result<R, TxnError>) -> Result<R, TxnError> {
+        self.exclusive(f).map_err(reentered)?
+    }
+
     /// Runs `f` on the table inside one section, shared (reads may nest in reads).
     fn shared<R>(&self, f: impl FnOnce(&Inner<T>) -> R) -> Result<R, PtError> {
         self.inner.lock(|cell| match cell.try_borrow() {
@@ -180,8 +185,7 @@ impl<T: TransactionalTable, H> SharedTable<T, H> {
     /// ## Errors
     /// The error a commit would return, or `op: None` with [`PtError::ReentrantCall`].
     pub fn plan(&self, ops: impl IntoIterator<Item = Op>) -> Result<Plan, TxnError> {
-        self.exclusive(|inner| inner.table.plan_ops(ops))
-            .map_err(TxnError::whole)?
+        self.exclusive_txn(|inner| inner.table.plan_ops(ops))
     }
 
     /// The attributes of `size` bytes at `address`, read inside one section.
@@ -246,4 +250,9 @@ impl<T: TransactionalTable, H> fmt::Debug for SharedTable<T, H> {
             .field("shoots_down", &self.shoots_down())
             .finish_non_exhaustive()
     }
+}
+
+/// The transaction error of a call refused because this CPU re-entered the table.
+fn reentered(error: PtError) -> TxnError {
+    TxnError::whole(error).with_reason(Reason::Reentered)
 }

@@ -16,7 +16,7 @@
 use txpaging::aarch64::{Aarch64Codec, PA_RANGE_48};
 use txpaging::{
     Aarch64Config, Aarch64PageTable, Barrier, CommitReport, MemoryAttributes as MA, MmuOp, PagePool, PageTable,
-    PagingType, PtError, RecordingMmu, Transaction, TxnError,
+    PagingType, PtError, Reason, RecordingMmu, Transaction, TxnError,
 };
 
 type Table = Aarch64PageTable<PagePool, RecordingMmu>;
@@ -495,10 +495,9 @@ fn d_read_protect_is_invalid_for_the_walker() {
 /// changes inside the pinned range, and breaks next to it, succeed.
 #[test]
 fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes() {
-    let pinned_break = TxnError {
-        op: None,
-        error: PtError::PinnedRangeBreak,
-    };
+    // The whole commit is blamed, at the first pinned byte of the entry it would break.
+    let pinned_break =
+        |address: u64| TxnError::whole(PtError::PinnedRangeBreak).with_detail(Reason::PinnedRangeBreak, address);
     for paging in PAGINGS {
         let mut t = live_table(paging, |t| {
             with_block(t);
@@ -509,19 +508,19 @@ fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes() {
         t.pin_range(BLOCK + MIB2 / 2, KIB4).unwrap();
         t.pin_range(BLOCK + 2 * MIB2, KIB4).unwrap();
         // A split anywhere in the block breaks it, and it covers the pinned page.
-        commit_fails(&mut t, pinned_break, |x| {
+        commit_fails(&mut t, pinned_break(BLOCK + MIB2 / 2), |x| {
             x.protect(BLOCK + KIB4, KIB4, MA::ReadOnly);
         });
         // Also when other ops of the commit are fine.
-        commit_fails(&mut t, pinned_break, |x| {
+        commit_fails(&mut t, pinned_break(BLOCK + MIB2 / 2), |x| {
             x.map(BLOCK + 3 * MIB2, KIB4, WB);
             x.protect(BLOCK + MIB2 - KIB4, KIB4, MA::Uncached);
         });
         // A memory type change of the pinned page, and a remap elsewhere.
-        commit_fails(&mut t, pinned_break, |x| {
+        commit_fails(&mut t, pinned_break(BLOCK + 2 * MIB2), |x| {
             x.protect(BLOCK + 2 * MIB2, KIB4, MA::WriteThrough);
         });
-        commit_fails(&mut t, pinned_break, |x| {
+        commit_fails(&mut t, pinned_break(BLOCK + MIB2 / 2), |x| {
             x.map_aliased(BLOCK, 0x8000_0000, MIB2, WB);
         });
         // Permission changes in place: the pinned block, the pinned page.

@@ -6,7 +6,7 @@ use std::sync::{Mutex, OnceLock};
 
 use txpaging::{
     Aarch64Config, Aarch64PageTable, FlushBatch, MappedRegion, MemoryAttributes as MA, Op, PageAllocator, PagePool,
-    PagingType, PtError, RecordingMmu, SharedTable, TxnError, X64Config, X64PageTable,
+    PagingType, PtError, Reason, RecordingMmu, SharedTable, TxnError, X64Config, X64PageTable,
 };
 
 type Table = X64PageTable<PagePool, RecordingMmu>;
@@ -420,7 +420,12 @@ fn plan_query_and_dump_through_the_handle() {
         va: 0x1000_0000,
         size: KIB4,
     }]);
-    assert_eq!(bad.unwrap_err(), TxnError::at(0, PtError::NoMapping));
+    assert_eq!(
+        bad.unwrap_err(),
+        TxnError::at(0, PtError::NoMapping)
+            .with_range(0x1000_0000, KIB4)
+            .with_detail(Reason::NotMapped, 0x1000_0000)
+    );
     let mut dump = String::new();
     shared.dump_to(&mut dump, MIB2, KIB4).unwrap();
     assert!(dump.contains("PT") && dump.lines().count() > 4, "{dump}");

@@ -9,6 +9,7 @@ use core::fmt;
 
 use txpaging_txn::{
     Geometry, MappedRegion, MemoryAttributes, Op, PageAllocator, PtError, Regions, Retired, Tables, Transaction,
+    TxnError,
 };
 
 pub use encoding::{X64Codec, PAT_LAYOUT};
@@ -171,6 +172,26 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
         self.tables.allocator_mut()
     }
 
+    /// The full error of the last failed one-op call (`map_memory_region`,
+    /// `unmap_memory_region`, `protect_memory_region`, `map_aliased_memory_region`): which
+    /// address, which rule. Those calls return only its [`PtError`] code, as the seed API
+    /// does, and log it with `log::warn!`.
+    ///
+    /// ```
+    /// use txpaging::{MemoryAttributes, PagePool, PageTable, PagingType, PtError, Reason, X64PageTable};
+    ///
+    /// let mut table = X64PageTable::new(PagePool::new(8), PagingType::Paging4Level)?;
+    /// let code = table.unmap_memory_region(0x20_0000, 0x1000).unwrap_err();
+    /// assert_eq!(code, PtError::NoMapping);
+    /// let error = table.last_error().unwrap();
+    /// assert_eq!((error.reason, error.address), (Reason::NotMapped, Some(0x20_0000)));
+    /// # let _ = MemoryAttributes::Writeback;
+    /// # Ok::<(), PtError>(())
+    /// ```
+    pub fn last_error(&self) -> Option<TxnError> {
+        self.tables.last_error()
+    }
+
     /// The engine-level table, for tools that walk raw entries.
     pub fn tables(&self) -> &Tables<X64Codec, P, M> {
         &self.tables
@@ -203,7 +224,7 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
                 attributes,
             })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     /// Changes the attributes of `size` mapped bytes at `address`, keeping the output
@@ -221,7 +242,7 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
                 attributes,
             })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     /// Where `va` translates to, with the attributes of its page.
@@ -288,14 +309,14 @@ impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
                 attributes,
             })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
         self.tables
             .commit_op(Op::Unmap { va: address, size })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     fn install_page_table(&self) -> Result<(), PtError> {

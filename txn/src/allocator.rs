@@ -4,8 +4,12 @@ use crate::error::PtError;
 
 /// Provides the physical pages that hold page tables.
 ///
-/// Only [`allocate_page`](Self::allocate_page) is required; the other methods have
-/// defaults that suit an identity-mapped firmware environment.
+/// Only [`allocate_page`](Self::allocate_page) is required, but **implement
+/// [`free_page`](Self::free_page) too**: its default keeps every page handed back, so an
+/// allocator without it leaks each table page that a merge, an unmap or a failed commit
+/// gives back (the first such page is reported once with `log::warn!`).
+/// [`physical_to_pointer`](Self::physical_to_pointer) defaults to the identity, which
+/// suits firmware that runs with VA == PA.
 ///
 /// # Contract
 /// Every address returned by `allocate_page`, and the root of a table opened with
@@ -17,9 +21,13 @@ pub trait PageAllocator {
     fn allocate_page(&mut self, align: u64, size: u64) -> Result<u64, PtError>;
 
     /// Gives back a page the table no longer uses: a table freed by a merge or an unmap,
-    /// or a page taken by a transaction that then failed. The default keeps the page.
+    /// or a page taken by a transaction that then failed.
+    ///
+    /// **The default keeps the page: it is leaked.** Override it to return the page to
+    /// your page services (UEFI: `FreePages(address, 1)`). The first time the default
+    /// runs in a program it logs a `log::warn!` naming the page.
     fn free_page(&mut self, address: u64, size: u64) {
-        let _ = (address, size);
+        warn_kept_page(address, size);
     }
 
     /// Turns the physical address of a table page into a pointer this code can use.
@@ -38,5 +46,17 @@ impl<T: PageAllocator + ?Sized> PageAllocator for &mut T {
     }
     fn physical_to_pointer(&self, address: u64) -> *mut u8 {
         (**self).physical_to_pointer(address)
+    }
+}
+
+/// Logs, once per program, that a table handed a page back to an allocator that keeps it.
+#[cold]
+fn warn_kept_page(address: u64, size: u64) {
+    static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        log::warn!(
+            "txpaging: the page table gave back page {address:#x} (size {size:#x}), but the page allocator does not \
+             implement PageAllocator::free_page, so the page is kept (leaked); further pages are kept silently"
+        );
     }
 }
