@@ -2,7 +2,8 @@
 //! inside one critical section, with an optional TLB shootdown hook for the other cores.
 //!
 //! The table lives in an embassy-sync blocking mutex over a
-//! [`CriticalSectionRawMutex`]: on a single core the section masks interrupts, on several
+//! [`CriticalSectionRawMutex`](https://docs.rs/embassy-sync/0.8/embassy_sync/blocking_mutex/raw/struct.CriticalSectionRawMutex.html).
+//! On a single core the section masks interrupts, on several
 //! cores the `critical-section` implementation also takes a lock shared by all cores; on the
 //! host, `critical-section`'s `std` implementation is a global re-entrant lock. The firmware
 //! provides the implementation; on several cores it must exclude the other cores too, not
@@ -79,6 +80,37 @@ struct Inner<T> {
 ///
 /// `SharedTable<T>` is `Sync` when `T` is `Send` (and the hook `Sync`), so it can sit in a
 /// `static` (for example behind a `OnceLock` or `StaticCell`) or be borrowed by threads.
+///
+/// An X64 table shared by the cores, with a shootdown hook (here it only counts; firmware
+/// sends an IPI and waits until the other cores ran the same INVLPGs or CR3 reload):
+///
+/// ```
+/// use core::sync::atomic::{AtomicUsize, Ordering};
+/// use txpaging::{FlushBatch, MemoryAttributes as A, Op, PagePool, PageTable, PagingType, SharedTable, X64PageTable};
+///
+/// static SHOOTDOWNS: AtomicUsize = AtomicUsize::new(0);
+/// fn shoot_down(batch: &FlushBatch) {
+///     // Firmware: send an IPI to every other core running on this table; each invalidates
+///     // `batch.pages()` one by one, or everything when `batch.is_full()`; then return.
+///     let _pages: Vec<u64> = batch.pages().collect();
+///     SHOOTDOWNS.fetch_add(1, Ordering::Relaxed);
+/// }
+///
+/// let mut table = X64PageTable::new(PagePool::new(16), PagingType::Paging4Level)?;
+/// table.map_memory_region(0, 0x40_0000, A::Writeback)?;
+/// table.install_page_table()?; // other cores may now cache its translations
+/// let shared = SharedTable::with_shootdown(table, shoot_down);
+///
+/// // Any core: one commit, one local invalidation batch, one shootdown.
+/// let done = shared.commit([
+///     Op::Protect { va: 0x1000, size: 0x1000, attributes: A::ReadOnly },
+///     Op::Unmap { va: 0x20_0000, size: 0x20_0000 },
+/// ])?;
+/// assert!(done.shootdown_ran);
+/// assert_eq!(SHOOTDOWNS.load(Ordering::Relaxed), 1);
+/// assert_eq!(shared.query(0x1000, 0x1000)?, A::Writeback | A::ReadOnly);
+/// # Ok::<(), Box<dyn core::error::Error>>(())
+/// ```
 pub struct SharedTable<T, H = ShootdownFn> {
     inner: Mutex<CriticalSectionRawMutex, RefCell<Inner<T>>>,
     shootdown: Option<H>,

@@ -24,14 +24,19 @@ const CACHES: [MA; 7] = [
     MA::WriteProtect,
 ];
 
+/// An installed table: a CPU may cache its translations, so commits invalidate (a table
+/// never installed gets no INVLPG; see `a_table_never_installed_gets_no_invalidation`).
 fn table_with(paging: PagingType, one_gib_pages: bool, pages: usize) -> Table {
-    X64PageTable::with_mmu(
+    let t = X64PageTable::with_mmu(
         PagePool::new(pages),
         paging,
         X64Config { one_gib_pages },
         RecordingMmu::new(),
     )
-    .unwrap()
+    .unwrap();
+    t.install_page_table().unwrap();
+    t.mmu().take_log();
+    t
 }
 
 fn table() -> Table {
@@ -588,6 +593,42 @@ fn invalid_to_valid_maps_issue_no_invalidation() {
         assert_eq!((report.pages_invalidated, report.full_flushes), (0, 0));
         assert_eq!(t.mmu().log(), vec![]);
     }
+}
+
+#[test]
+fn a_table_never_installed_gets_no_invalidation() {
+    // As on AArch64: no TLB holds a table no CPU has loaded, and installing it loads CR3.
+    let mut t = X64PageTable::with_mmu(
+        PagePool::new(64),
+        PagingType::Paging4Level,
+        X64Config { one_gib_pages: true },
+        RecordingMmu::new(),
+    )
+    .unwrap();
+    t.map_memory_region(0, 4 * MIB2, MA::Writeback).unwrap();
+    let report = t
+        .transaction()
+        .protect(0x5000, KIB4, MA::ReadOnly)
+        .unmap(MIB2, MIB2)
+        .map(0x1000, KIB4, MA::Uncached)
+        .commit()
+        .unwrap();
+    assert_eq!(
+        (
+            report.pages_invalidated,
+            report.full_flushes,
+            report.invalidation_batches
+        ),
+        (0, 0, 0)
+    );
+    t.unmap_memory_region(0, MIB2).unwrap();
+    assert_eq!(t.mmu().log(), vec![], "no INVLPG and no CR3 reload before the install");
+    // Installed: the same kind of change invalidates.
+    t.map_memory_region(0, 2 * MIB2, MA::Writeback).unwrap();
+    t.install_page_table().unwrap();
+    t.mmu().take_log();
+    t.protect_memory_region(0x5000, KIB4, MA::ReadOnly).unwrap();
+    assert_eq!(t.mmu().log(), vec![MmuOp::InvalidatePage(0x5000)]);
 }
 
 #[test]

@@ -286,6 +286,9 @@ impl Build {
             RecordingMmu::new(),
         )
         .unwrap();
+        // Installed: the invalidations of every commit are checked against the decoder.
+        t.install_page_table().unwrap();
+        t.mmu().take_log();
         Self { t, reqs: Vec::new() }
     }
 

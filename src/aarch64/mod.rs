@@ -108,6 +108,34 @@ fn geometry(paging_type: PagingType, config: Aarch64Config) -> Result<Geometry, 
 
 /// An AArch64 page table. Identity maps by default; see [`transaction`](Self::transaction)
 /// for batched and aliased changes.
+///
+/// Every map names exactly one cache attribute (there is no default memory type). On the
+/// host the default MMU is a [`RecordingMmu`](crate::RecordingMmu):
+///
+/// ```
+/// use txpaging::{Aarch64PageTable, MemoryAttributes as A, MmuOp, PagePool, PageTable, PagingType, PtError};
+///
+/// let mut table = Aarch64PageTable::new(PagePool::new(16), PagingType::Paging4Level)?;
+/// // DRAM at 1 GiB as normal write-back memory: one 1 GiB block under L0 and L1 tables.
+/// table.map_memory_region(0x4000_0000, 0x4000_0000, A::Writeback)?;
+/// // A UART page as device memory (Uncached is Device-nGnRnE), never executable.
+/// table.map_memory_region(0x0900_0000, 0x1000, A::Uncached | A::ExecuteProtect)?;
+/// assert_eq!(table.query_memory_region(0x0900_0000, 0x1000)?, A::Uncached | A::ExecuteProtect);
+/// // X64 habit: no cache attribute. AArch64 refuses, and says why.
+/// assert_eq!(
+///     table.map_memory_region(0x1000_0000, 0x1000, A::ReadOnly),
+///     Err(PtError::IncompatibleMemoryAttributes)
+/// );
+/// assert!(table.last_error().unwrap().to_string().contains("AArch64 needs exactly one of Uncached"));
+///
+/// // Installing programs MAIR_EL1, TCR_EL1 and TTBR0_EL1. From then on, commits follow
+/// // break-before-make: splitting the live 1 GiB block breaks it first.
+/// table.install_page_table()?;
+/// table.mmu().take_log();
+/// table.protect_memory_region(0x4000_0000, 0x1000, A::ReadOnly)?;
+/// assert!(table.mmu().log().contains(&MmuOp::InvalidatePage(0x4000_0000)));
+/// # Ok::<(), PtError>(())
+/// ```
 pub struct Aarch64PageTable<P: PageAllocator, M: Mmu = DefaultAarch64Mmu> {
     tables: Tables<Aarch64Codec, P, M>,
     paging_type: PagingType,

@@ -33,6 +33,14 @@ pub type DefaultX64Mmu = crate::RecordingMmu;
 pub const X64_PA_BITS: u8 = 52;
 
 /// What the CPU supports, as far as the table encoding is concerned.
+///
+/// How to choose:
+/// - [`X64PageTable::new`] uses [`X64Config::for_target`]: the running CPU's features on a
+///   UEFI or bare-metal target, a fixed configuration ([`X64Config::default`], 1 GiB pages
+///   on) on a host, so that host tests count the same table pages on every machine.
+/// - To build for a CPU other than the one running the code, or to pin the choice, pass a
+///   value to [`X64PageTable::with_mmu`]: `X64Config { one_gib_pages: false }` for a CPU
+///   without 1 GiB pages, [`X64Config::detect`] for the running one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct X64Config {
     /// Use 1 GiB pages (CPUID 8000_0001h `EDX[26]`, SDM 4.1.4). 2 MiB pages are always used.
@@ -40,6 +48,16 @@ pub struct X64Config {
 }
 
 impl X64Config {
+    /// What [`X64PageTable::new`] and [`X64PageTable::from_existing`] use: [`detect`](Self::detect)
+    /// on UEFI and bare-metal x86_64 targets (where the table is for the running CPU), and
+    /// the deterministic [`default`](Self::default) everywhere else.
+    pub fn for_target() -> Self {
+        #[cfg(all(target_arch = "x86_64", any(target_os = "none", target_os = "uefi")))]
+        return Self::detect();
+        #[cfg(not(all(target_arch = "x86_64", any(target_os = "none", target_os = "uefi"))))]
+        return Self::default();
+    }
+
     /// Reads the running CPU's features with CPUID (on non-x86 hosts: 1 GiB pages on).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -72,6 +90,34 @@ fn geometry(paging_type: PagingType, config: X64Config) -> Result<Geometry, PtEr
 
 /// An X64 page table. Identity maps by default; see [`transaction`](Self::transaction)
 /// for batched and aliased changes.
+///
+/// On the host the default MMU is a [`RecordingMmu`](crate::RecordingMmu), so the same code
+/// runs in tests and shows what the CPU would be asked to do:
+///
+/// ```
+/// use txpaging::{MemoryAttributes as A, MmuOp, PagePool, PageTable, PagingType, X64PageTable};
+///
+/// let mut table = X64PageTable::new(PagePool::new(16), PagingType::Paging4Level)?;
+/// // The first 4 GiB as write-back, no-execute: four 1 GiB pages under one PDPT.
+/// table.map_memory_region(0, 0x1_0000_0000, A::Writeback | A::ExecuteProtect)?;
+/// assert_eq!(table.table_pages(), 2);
+/// // The local APIC page uncached: the 1 GiB page splits down to one 4 KiB page.
+/// table.map_memory_region(0xFEE0_0000, 0x1000, A::Uncached | A::ExecuteProtect)?;
+/// assert_eq!(table.query_memory_region(0xFEE0_0000, 0x1000)?, A::Uncached | A::ExecuteProtect);
+/// assert_eq!(table.table_pages(), 4); // PML4, PDPT, one PD, one PT
+///
+/// // A high-half alias of the first 2 MiB.
+/// table.map_aliased_memory_region(0xFFFF_8000_0000_0000, 0, 0x20_0000, A::Writeback)?;
+/// assert_eq!(table.translate(0xFFFF_8000_0000_1234), Some((0x1234, A::Writeback)));
+///
+/// // Never installed: no TLB holds it yet, so no INVLPG was issued. Installing programs
+/// // IA32_PAT and EFER.NXE and loads CR3; from then on changes invalidate.
+/// assert!(table.mmu().log().is_empty());
+/// table.install_page_table()?;
+/// table.unmap_memory_region(0xFEE0_0000, 0x1000)?;
+/// assert_eq!(table.mmu().take_log().last(), Some(&MmuOp::InvalidatePage(0xFEE0_0000)));
+/// # Ok::<(), txpaging::PtError>(())
+/// ```
 pub struct X64PageTable<P: PageAllocator, M: Mmu = DefaultX64Mmu> {
     tables: Tables<X64Codec, P, M>,
     paging_type: PagingType,
@@ -79,10 +125,17 @@ pub struct X64PageTable<P: PageAllocator, M: Mmu = DefaultX64Mmu> {
 }
 
 impl<P: PageAllocator> X64PageTable<P> {
-    /// Creates an empty table (one zeroed root page) for `paging_type`, with 1 GiB pages
-    /// if the running CPU has them, and the default MMU.
+    /// Creates an empty table (one zeroed root page) for `paging_type` with the default MMU
+    /// and [`X64Config::for_target`]: on UEFI and bare metal, 1 GiB pages if the running
+    /// CPU has them; on a host, always (deterministic). Use [`with_mmu`](Self::with_mmu) to
+    /// choose.
     pub fn new(allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
-        Self::with_mmu(allocator, paging_type, X64Config::detect(), DefaultX64Mmu::default())
+        Self::with_mmu(
+            allocator,
+            paging_type,
+            X64Config::for_target(),
+            DefaultX64Mmu::default(),
+        )
     }
 
     /// Opens the existing table at `root` with the default MMU.
@@ -97,7 +150,7 @@ impl<P: PageAllocator> X64PageTable<P> {
                 root,
                 allocator,
                 paging_type,
-                X64Config::detect(),
+                X64Config::for_target(),
                 DefaultX64Mmu::default(),
             )
         }

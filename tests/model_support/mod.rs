@@ -806,6 +806,10 @@ impl ModelTarget for X64Target {
         };
         let table = X64PageTable::with_mmu(TestPool::new(pool_pages), paging, config, RecordingMmu::new())
             .expect("creating a table");
+        // Installed, so that every commit must invalidate what it changes (a table never
+        // installed needs no invalidation; tests/transactions.rs checks that).
+        table.install_page_table().expect("installing on the recording MMU");
+        table.mmu().take_log();
         Self { table, cfg }
     }
 
@@ -1026,6 +1030,11 @@ impl ModelTarget for X64Target {
                 _ => None,
             })
             .collect()
+    }
+
+    fn must_invalidate(&self) -> bool {
+        // A table never installed needs no INVLPG: installing it loads CR3.
+        self.table.tables().is_live()
     }
 
     fn pool(&self) -> &PagePool {

@@ -251,6 +251,54 @@ pub struct Committed {
 ///
 /// Ops apply in queue order; where they overlap the later one wins. An unmap or protect
 /// needs its whole range mapped at that point of the sequence.
+///
+/// ```
+/// use txpaging::{
+///     FinalState, MemoryAttributes as A, PagePool, PageTable, PagingType, PtError, Reason, X64PageTable,
+/// };
+///
+/// let mut table = X64PageTable::new(PagePool::new(16), PagingType::Paging4Level)?;
+/// table.map_memory_region(0, 0x40_0000, A::Writeback)?; // two 2 MiB pages
+///
+/// let mut txn = table.transaction();
+/// txn.protect(0x10_0000, 0x4_0000, A::ReadOnly) // code: read-only
+///     .protect(0, 0x1000, A::ReadProtect) // NULL page: not present
+///     .unmap(0x20_0000, 0x20_0000); // the second 2 MiB
+///
+/// // Dry run: what the commit will do. Nothing changes yet.
+/// let plan = txn.plan()?;
+/// assert_eq!(plan.tables_to_allocate, 1); // the first 2 MiB page splits
+/// assert_eq!(plan.ranges[0].va, 0);
+/// assert_eq!(plan.ranges.last().unwrap().state, FinalState::Unmapped);
+/// assert_eq!(table.query_memory_region(0, 0x1000), Ok(A::Writeback)); // still unchanged
+///
+/// // Commit: all or nothing, one invalidation batch.
+/// let report = table
+///     .transaction()
+///     .protect(0x10_0000, 0x4_0000, A::ReadOnly)
+///     .protect(0, 0x1000, A::ReadProtect)
+///     .unmap(0x20_0000, 0x20_0000)
+///     .commit()?;
+/// assert_eq!(report.tables_allocated, 1);
+/// assert_eq!(table.query_memory_region(0x10_0000, 0x4_0000)?, A::Writeback | A::ReadOnly);
+///
+/// // A failing op: nothing is applied, and the error names the op, the address, the rule.
+/// let error = table
+///     .transaction()
+///     .protect(0x10_0000, 0x1000, A::ExecuteProtect)
+///     .unmap(0x1F_F000, 0x2000) // 0x200000 was unmapped above
+///     .commit()
+///     .unwrap_err();
+/// assert_eq!((error.op, error.error), (Some(1), PtError::NoMapping));
+/// assert_eq!((error.reason, error.address), (Reason::NotMapped, Some(0x20_0000)));
+/// assert_eq!(
+///     error.to_string(),
+///     "op 1 (0x1ff000, size 0x2000) failed at 0x200000: part of the range is not mapped: \
+///      nothing is mapped there; unmap and protect need the whole range mapped"
+/// );
+/// assert_eq!(table.query_memory_region(0x10_0000, 0x1000)?, A::Writeback | A::ReadOnly);
+/// # Ok::<(), Box<dyn core::error::Error>>(())
+/// ```
 pub struct Transaction<'t, C: Codec, P: PageAllocator, T: Tlb> {
     table: &'t mut Tables<C, P, T>,
     ops: SmallVec<[Op; 1]>,
