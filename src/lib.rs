@@ -109,7 +109,10 @@ pub trait PageTable {
     /// `NonUniformMemoryAttributes` if they differ.
     fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError>;
 
-    /// Logs (`log::info!`) every entry on the walk of `size` bytes at `address`: one
-    /// table of bit columns per level, one row per entry, with the range it covers.
+    /// Logs (`log::info!`) every entry on the walk of `size` bytes at `address`: bit
+    /// columns, one row per entry, with the part of the range it covers (clipped to the
+    /// range asked for, as in the seed's example), and one `not mapped` row for each run of
+    /// the range that no entry maps. A legend under the column names says which rows each
+    /// name applies to. [`X64PageTable::dump_to`] writes the same to any `fmt::Write`.
     fn dump_page_tables(&self, address: u64, size: u64);
 }

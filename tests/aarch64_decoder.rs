@@ -1362,4 +1362,14 @@ fn dump_shows_descriptor_fields_per_level() {
     let raw = u64::from_str_radix(&bits, 2).unwrap();
     assert_eq!(raw & 3, 0b11);
     assert_eq!((b.mair() >> (8 * ((raw >> 2) & 7))) as u8, NORMAL_WB_RA_WA);
+    // One bit-range notation: "high:low" for a field, the bit number for one bit, each
+    // above its column.
+    let labels = out.lines().nth(1).unwrap().trim_start();
+    assert_eq!(
+        labels,
+        "|63:59|58:55|54|53|52|51:48|               47:12                |11|10|9:8|7:6|5|4:2|1:0|"
+    );
+    let columns = |line: &str| -> Vec<usize> { line.trim_start().split('|').map(str::len).collect() };
+    let row_cells = page.rsplit("] ").next().unwrap();
+    assert_eq!(columns(labels), columns(row_cells), "labels and cells align");
 }

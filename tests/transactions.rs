@@ -875,9 +875,10 @@ fn dump_to_prints_one_row_per_present_entry_in_the_seed_format() {
     let pd0 = t.tables().read_entry(pdpt & ADDRESS_4K, 0);
     let pd1 = t.tables().read_entry(pdpt & ADDRESS_4K, 1);
     let pt: Vec<u64> = (0..3).map(|i| t.tables().read_entry(pd0 & ADDRESS_4K, i)).collect();
+    // As in the seed's example, each row's range is clipped to the range asked for.
     let want = vec![
-        ("PML4".to_string(), 0, 0x7F_FFFF_FFFF, pml4),
-        ("PDP".to_string(), 0, GIB - 1, pdpt),
+        ("PML4".to_string(), 0, 0x3F_FFFF, pml4),
+        ("PDP".to_string(), 0, 0x3F_FFFF, pdpt),
         ("PD".to_string(), 0, MIB2 - 1, pd0),
         ("PT".to_string(), 0, 0xFFF, pt[0]),
         ("PT".to_string(), 0x1000, 0x1FFF, pt[1]),
@@ -908,12 +909,42 @@ fn dump_to_prints_one_row_per_present_entry_in_the_seed_format() {
     let rows: Vec<_> = out.lines().filter_map(parse_row).collect();
     let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(names, ["PML5", "PML4", "PDP", "PD", "PT"], "{out}");
-    assert_eq!((rows[0].1, rows[0].2), (HIGH5, HIGH5 + (1 << 48) - 1));
+    assert_eq!((rows[0].1, rows[0].2), (HIGH5, HIGH5 + 0xFFF));
     assert_eq!((rows[4].1, rows[4].2), (HIGH5, HIGH5 + 0xFFF));
     // Bad ranges are refused before anything is written.
     let mut out = String::new();
     assert_eq!(t.dump_to(&mut out, 0x123, KIB4), Err(PtError::UnalignedAddress));
     assert!(out.is_empty());
+}
+
+#[test]
+fn dump_says_where_nothing_is_mapped() {
+    let mut t = table();
+    t.map_memory_region(0, 0x3000, MA::Writeback).unwrap();
+    let mut out = String::new();
+    t.dump_to(&mut out, 0, 0x40_0000).unwrap();
+    // One row for the run after the three pages, clipped to the range asked for.
+    let holes: Vec<&str> = out.lines().filter(|l| l.ends_with("| not mapped")).collect();
+    assert_eq!(
+        holes,
+        ["     | [0x0000000000003000 0x00000000003FFFFF] | not mapped"],
+        "{out}"
+    );
+    // Nothing mapped at all: the root's entry row, then the whole range as not mapped.
+    let mut out = String::new();
+    t.dump_to(&mut out, 0x4000_0000, 2 * KIB4).unwrap();
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains(" | [0x")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[0].starts_with("PML4 | [0x0000000040000000 0x0000000040001FFF] |"),
+        "{out}"
+    );
+    assert_eq!(rows[1], "     | [0x0000000040000000 0x0000000040001FFF] | not mapped");
+    // The legend says which rows the column names belong to.
+    assert!(
+        out.contains("PT rows (4 KiB page): 51:12 = page address, 8 = G, 7 = PAT, 6 = D"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -383,12 +383,15 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
 /// (in table descriptors bits 63:59 are NSTable/APTable/XNTable/PXNTable, the rest ignored).
 static AARCH64_DUMP: DumpFormat = DumpFormat {
     level_names: &["L3", "L2", "L1", "L0"],
+    // Bit ranges in one notation: "high:low" for a field, the bit number for one bit.
     header: &[
-        "Upper| SW |U|P|C|DBM |           Output address           |n|A|SH|AP|N|Atr|Ty|",
-        "63:59|5855|X|X|o| GP |               47:12                |G|F|98|76|S|Idx|pe|",
-        "     |    |N|N|n|5148|                                    | | |  |  | |4:2|10|",
-        "(table rows: bits 63:59 are NSTable, APTable[1:0], UXNTable, PXNTable; leaf rows: SW bit 55 =",
-        " ReadProtect leaf (then bit 0 is 0), SW bit 56 = execute-never forced by device memory)",
+        "|63:59|58:55|54|53|52|51:48|               47:12                |11|10|9:8|7:6|5|4:2|1:0|",
+        "|Upper| SW  |UX|PX|Ct|DBMGP|           Output address           |nG|AF|SH |AP |N|Atr|Typ|",
+        "(UX = UXN/XN, PX = PXN, Ct = Contiguous, DBMGP = DBM (51), GP (50), N = NS, Atr = AttrIndx.",
+        " Table rows (L0-L2, Typ 11 with a table below): 63:59 = NSTable, APTable, UXNTable, PXNTable;",
+        " the other fields are ignored. Block rows (L1/L2, Typ 01) and page rows (L3, Typ 11): as named;",
+        " SW bit 55 = ReadProtect leaf (then Typ bit 0 is 0), SW bit 56 = execute-never forced by device",
+        " memory. Ranges are clipped to the dump.)",
     ],
     // (first bit, width) of each column, most significant first.
     columns: &[
@@ -407,6 +410,8 @@ static AARCH64_DUMP: DumpFormat = DumpFormat {
         (2, 3),
         (0, 2),
     ],
+    // Wide enough for each bit-range label above.
+    cells: &[5, 5, 2, 2, 2, 5, 36, 2, 2, 3, 3, 1, 3, 3],
 };
 
 impl<P: PageAllocator, M: Mmu> PageTable for Aarch64PageTable<P, M> {

@@ -332,7 +332,9 @@ static X64_DUMP: DumpFormat = DumpFormat {
         "|N|           |                                        |   |M|M|I| |P|P|U|R| |",
         "|X| Available |      Page-Map Level-4 Base Address     |AVL|B|B|G|A|C|W|/|/|P|",
         "| |           |                                        |   |Z|Z|N| |D|T|S|W| |",
-        "(leaf rows: bits 8/7/6 are G/PAT/D in PT rows, G/PS/D in PD and PDP rows, where bit 12 is PAT)",
+        "(names above: PML5, PML4, and PDP/PD rows with bit 7 (PS) = 0, which point to the next table.",
+        " PDP/PD rows with PS = 1 (1 GiB/2 MiB page): 51:12 = page address (bit 12 = PAT), 8 = G, 7 = PS, 6 = D.",
+        " PT rows (4 KiB page): 51:12 = page address, 8 = G, 7 = PAT, 6 = D. Ranges are clipped to the dump.)",
     ],
     // (first bit, width) of each column, most significant first.
     columns: &[
@@ -350,6 +352,7 @@ static X64_DUMP: DumpFormat = DumpFormat {
         (1, 1),
         (0, 1),
     ],
+    cells: &[],
 };
 
 impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
