@@ -81,6 +81,11 @@ pub use x64::{X64Config, X64PageTable};
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;
 
+/// The porting guide's "after" code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/porting.md")]
+struct PortingGuideExamples;
+
 /// What a familiar one-op call returns for a failed commit: the seed's code. The full error
 /// (op range, address, rule) is logged with `log::warn!` and kept for `last_error()`.
 #[cold]
