@@ -117,7 +117,9 @@ pub trait PageTable {
     ///
     /// ## Errors
     /// Range errors, `IncompatibleMemoryAttributes`, `InvalidParameter` for unknown bits,
-    /// or the allocator's error. On error the table is unchanged.
+    /// or the allocator's error. On error the table is unchanged. The code is the seed's;
+    /// the full error (the rule, the first failing address) is logged with `log::warn!`
+    /// and kept: `last_error()` on [`X64PageTable`] and [`Aarch64PageTable`].
     fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError>;
 
     /// Unmaps `size` bytes at `address`. The whole range must be mapped (else

@@ -477,7 +477,7 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
             let op_number = u32::try_from(index).map_err(|_| {
                 TxnError::whole(PtError::InvalidParameter).with_reason(Reason::TooManyOps {
                     ops: self.ops.len(),
-                    max: u32::MAX as usize,
+                    max: (u32::MAX as usize).saturating_add(1),
                 })
             })?;
             let failure = match check_op::<C>(&geometry, op) {
