@@ -52,24 +52,31 @@ fn main() {
 /// Our table, counting invalidations.
 type Ours = X64PageTable<PagePool, CountingMmu>;
 
+/// Installed (a no-op on `CountingMmu`): like a firmware's live table, commits invalidate
+/// what they change. A table never installed would issue no invalidation at all.
 fn ours(pages: usize) -> Ours {
-    X64PageTable::with_mmu(
+    let t = X64PageTable::with_mmu(
         pool(pages),
         PagingType::Paging4Level,
         X64Config { one_gib_pages: true },
         CountingMmu::default(),
     )
-    .expect("our table")
+    .expect("our table");
+    t.install_page_table().expect("install");
+    t
 }
 
 fn ours_recording(pages: usize) -> X64PageTable<PagePool, RecordingMmu> {
-    X64PageTable::with_mmu(
+    let t = X64PageTable::with_mmu(
         pool(pages),
         PagingType::Paging4Level,
         X64Config { one_gib_pages: true },
         RecordingMmu::new(),
     )
-    .expect("our table")
+    .expect("our table");
+    t.install_page_table().expect("install (recorded)");
+    t.mmu().take_log();
+    t
 }
 
 /// A `patina_paging` X64 table and the pool it allocates from.

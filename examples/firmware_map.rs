@@ -365,6 +365,12 @@ fn main() {
     }
     assert_eq!(table.translate(0xA_0000), None, "the legacy VGA hole has no descriptor");
     println!("   check: every descriptor queries back as mapped; 0xA0000 (no descriptor) is unmapped");
+    // Built, not yet installed: no TLB could hold it, so no INVLPG so far. The firmware now
+    // switches to it; from here on every change invalidates what it changed.
+    assert_eq!(report.pages_invalidated + report.full_flushes, 0);
+    table.install_page_table().expect("install (recorded)");
+    table.mmu().take_log();
+    println!("   installed: IA32_PAT, EFER.NXE, CR3 (recorded); later changes invalidate");
     println!();
 
     // ---- 2. The protection batch, one transaction. -----------------------------------
@@ -459,6 +465,7 @@ fn main() {
     // ---- 3. The same batch as one-op calls, on an identical table. -------------------
     let mut replay = new_table();
     map_memory_map(&mut replay, &map);
+    replay.install_page_table().expect("install (recorded)");
     replay.mmu().take_log();
     let mut one_op = CommitReport::default();
     for op in &ops {
@@ -506,10 +513,8 @@ fn main() {
     println!("     op 0: protect the NULL page back to WB (readable)");
     println!("     op 1: map 2 MiB at 0xffff800000000000 -> PA 0 (would need new tables)");
     println!("     op 2: protect 0xa0000 ReadOnly (no descriptor: never mapped)");
-    println!(
-        "   commit: Err(TxnError {{ op: {:?}, error: {:?} }}): \"{error}\"",
-        error.op, error.error
-    );
+    println!("   commit: Err({error})");
+    println!("   the error's value: {error:?}");
     println!(
         "   check: no table byte changed, {live_before} pool pages live before and after, NULL page still {}",
         short(table.query_memory_region(0, PAGE).expect("page 0"))

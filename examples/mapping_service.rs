@@ -19,8 +19,8 @@ use futures::future::join_all;
 use futures::task::LocalSpawnExt;
 use txpaging::service::{MappingService, RequestReport};
 use txpaging::{
-    FlushBatch, MemoryAttributes as A, Op, PagePool, PagingType, RecordingMmu, SharedTable, TxnError, X64Config,
-    X64PageTable,
+    FlushBatch, MemoryAttributes as A, Op, PagePool, PageTable, PagingType, RecordingMmu, SharedTable, TxnError,
+    X64Config, X64PageTable,
 };
 
 const KIB: u64 = 1024;
@@ -41,7 +41,7 @@ fn send_ipi(_batch: &FlushBatch) {
     IPIS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// 64 MiB of RAM mapped Writeback, as 2 MiB pages, before the service starts.
+/// 64 MiB of RAM mapped Writeback, as 2 MiB pages, installed before the service starts.
 fn base_table() -> Table {
     let mut table = X64PageTable::with_mmu(
         PagePool::new(256),
@@ -55,6 +55,9 @@ fn base_table() -> Table {
         .map(0, 64 * MIB, A::Writeback)
         .commit()
         .expect("base map");
+    // Installed: the cores may now cache its translations, so changes need shootdowns.
+    table.install_page_table().expect("install (recorded)");
+    table.mmu().take_log();
     table
 }
 

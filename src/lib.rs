@@ -7,17 +7,31 @@
 //! ```
 //! use txpaging::{MemoryAttributes, PageAllocator, PageTable, PagingType, PtError, X64PageTable};
 //!
-//! /// Hands out pages from a buffer; a firmware allocator would call its page services.
-//! struct Pool { pages: Vec<Box<[u8; 4096]>> }
-//! impl PageAllocator for Pool {
-//!     fn allocate_page(&mut self, _align: u64, _size: u64) -> Result<u64, PtError> {
-//!         # #[repr(align(4096))] struct Page([u8; 4096]);
-//!         let page = Box::leak(Box::new(Page([0; 4096])));
-//!         Ok(page as *mut Page as u64)
+//! /// One table page: 4 KiB, aligned to 4 KiB as every page table must be.
+//! #[repr(C, align(4096))]
+//! struct Page([u8; 4096]);
+//!
+//! /// Table pages from the heap. A firmware allocator calls its page services instead
+//! /// (see [`PageAllocator`]).
+//! struct HeapPages;
+//!
+//! impl PageAllocator for HeapPages {
+//!     fn allocate_page(&mut self, align: u64, size: u64) -> Result<u64, PtError> {
+//!         // `Page` is 4 KiB aligned: enough for any alignment that divides 4 KiB.
+//!         if size != 4096 || align == 0 || 4096 % align != 0 {
+//!             return Err(PtError::InvalidParameter);
+//!         }
+//!         Ok(Box::into_raw(Box::new(Page([0; 4096]))) as u64)
+//!     }
+//!
+//!     // Implement it: the default keeps (leaks) every page the table gives back.
+//!     fn free_page(&mut self, address: u64, _size: u64) {
+//!         // SAFETY: `address` came from `allocate_page`, which leaked a `Box<Page>` there.
+//!         drop(unsafe { Box::from_raw(address as *mut Page) });
 //!     }
 //! }
 //!
-//! let mut table = X64PageTable::new(Pool { pages: Vec::new() }, PagingType::Paging4Level)?;
+//! let mut table = X64PageTable::new(HeapPages, PagingType::Paging4Level)?;
 //! table.map_memory_region(0x20_0000, 0x40_0000, MemoryAttributes::Writeback)?;
 //!
 //! // Several changes, one plan, one commit, one invalidation batch.
@@ -56,10 +70,29 @@ pub use service::{MappingService, RequestReport};
 pub use shared::{SharedCommitReport, SharedTable};
 pub use transactional::TransactionalTable;
 pub use txpaging_txn::{
-    Barrier, Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, MappedRegion, MemoryAttributes,
-    Op, PageAllocator, Plan, PlannedRange, PtError, Retired, Tables, Tlb, Transaction, TxnError, PAGE_SIZE,
+    Barrier, Blame, Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, Hex, MappedRegion,
+    MemoryAttributes, Op, PageAllocator, Plan, PlannedRange, PtError, Reason, Regions, Retired, Tables, Tlb,
+    Transaction, TxnError, PAGE_SIZE,
 };
 pub use x64::{X64Config, X64PageTable};
+
+/// The README's code blocks, compiled and run as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
+
+/// The porting guide's "after" code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/porting.md")]
+struct PortingGuideExamples;
+
+/// What a familiar one-op call returns for a failed commit: the seed's code. The full error
+/// (op range, address, rule) is logged with `log::warn!` and kept for `last_error()`.
+#[cold]
+pub(crate) fn familiar_error(error: TxnError) -> PtError {
+    log::warn!("txpaging: {error}");
+    error.error
+}
 
 /// The paging mode of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,7 +117,9 @@ pub trait PageTable {
     ///
     /// ## Errors
     /// Range errors, `IncompatibleMemoryAttributes`, `InvalidParameter` for unknown bits,
-    /// or the allocator's error. On error the table is unchanged.
+    /// or the allocator's error. On error the table is unchanged. The code is the seed's;
+    /// the full error (the rule, the first failing address) is logged with `log::warn!`
+    /// and kept: `last_error()` on [`X64PageTable`] and [`Aarch64PageTable`].
     fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError>;
 
     /// Unmaps `size` bytes at `address`. The whole range must be mapped (else
@@ -100,7 +135,10 @@ pub trait PageTable {
     /// `NonUniformMemoryAttributes` if they differ.
     fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError>;
 
-    /// Logs (`log::info!`) every entry on the walk of `size` bytes at `address`: one
-    /// table of bit columns per level, one row per entry, with the range it covers.
+    /// Logs (`log::info!`) every entry on the walk of `size` bytes at `address`: bit
+    /// columns, one row per entry, with the part of the range it covers (clipped to the
+    /// range asked for, as in the seed's example), and one `not mapped` row for each run of
+    /// the range that no entry maps. A legend under the column names says which rows each
+    /// name applies to. [`X64PageTable::dump_to`] writes the same to any `fmt::Write`.
     fn dump_page_tables(&self, address: u64, size: u64);
 }

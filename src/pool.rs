@@ -11,6 +11,34 @@ use core::ptr::NonNull;
 use txpaging_txn::{PageAllocator, PtError, PAGE_SIZE};
 
 /// A fixed arena of 4 KiB pages handed out as physical addresses from a chosen base.
+///
+/// It gives back what [`free_page`](PageAllocator::free_page) returns, counts its calls,
+/// and can be told to fail an allocation, which makes it the allocator of host tests and
+/// tools (a firmware allocator would call its page services, see [`PageAllocator`]):
+///
+/// ```
+/// use txpaging::{MemoryAttributes as A, PageAllocator, PagePool, PageTable, PagingType, PtError, X64PageTable};
+///
+/// let mut table = X64PageTable::new(PagePool::new(8), PagingType::Paging4Level)?;
+/// table.map_memory_region(0x20_0000, 0x1000, A::Writeback)?;
+/// assert_eq!(table.allocator().live_pages(), 4); // PML4, PDPT, PD, PT
+/// table.unmap_memory_region(0x20_0000, 0x1000)?;
+/// assert_eq!(table.allocator().live_pages(), 1, "the emptied tables went back to the pool");
+///
+/// // Fail the next allocation: the commit fails whole and gives every page back.
+/// let next = table.allocator().allocations();
+/// table.allocator_mut().fail_at(Some(next));
+/// assert_eq!(table.map_memory_region(0, 0x1000, A::Writeback), Err(PtError::OutOfResources));
+/// assert_eq!(table.allocator().live_pages(), 1);
+///
+/// // A table image for a chosen physical base (a tool building tables for another machine).
+/// let mut image = PagePool::with_physical_base(4, 0x8000_0000);
+/// assert_eq!(image.allocate_page(0x1000, 0x1000), Ok(0x8000_0000));
+///
+/// // An empty pool is no error until a page is needed.
+/// assert_eq!(X64PageTable::new(PagePool::new(0), PagingType::Paging4Level).err(), Some(PtError::OutOfResources));
+/// # Ok::<(), PtError>(())
+/// ```
 pub struct PagePool {
     memory: NonNull<u8>,
     pages: usize,
@@ -27,20 +55,35 @@ unsafe impl Send for PagePool {}
 
 impl PagePool {
     /// A pool of `pages` pages whose physical addresses are their host addresses
-    /// (identity, as firmware sees memory).
+    /// (identity, as firmware sees memory). A pool of 0 pages is empty: every allocation
+    /// fails with `OutOfResources`.
+    ///
+    /// # Panics
+    /// If `pages` is `u32::MAX` or more, or the host cannot allocate the arena.
     pub fn new(pages: usize) -> Self {
         let mut pool = Self::with_physical_base(pages, 0);
-        pool.base = pool.memory.as_ptr() as u64;
+        if pages > 0 {
+            pool.base = pool.memory.as_ptr() as u64;
+        }
         pool
     }
 
     /// A pool of `pages` pages whose physical addresses start at `base` (page aligned).
+    /// A pool of 0 pages is empty: every allocation fails with `OutOfResources`.
+    ///
+    /// # Panics
+    /// If `pages` is `u32::MAX` or more, if `base` is not 4 KiB aligned, or if the host
+    /// cannot allocate the arena.
     pub fn with_physical_base(pages: usize, base: u64) -> Self {
-        assert!(pages > 0 && pages < u32::MAX as usize, "pool size out of range");
-        assert!(base % PAGE_SIZE == 0, "pool base must be page aligned");
-        let layout = Self::layout(pages);
-        // SAFETY: the layout has a non-zero size.
-        let memory = NonNull::new(unsafe { alloc_zeroed(layout) }).expect("page pool arena allocation failed");
+        assert!(pages < u32::MAX as usize, "pool size out of range: {pages} pages");
+        assert!(base % PAGE_SIZE == 0, "pool base {base:#x} must be page aligned");
+        let memory = if pages == 0 {
+            // Nothing to allocate (a zero-sized allocation is not allowed); never read.
+            NonNull::dangling()
+        } else {
+            // SAFETY: the layout has a non-zero size.
+            NonNull::new(unsafe { alloc_zeroed(Self::layout(pages)) }).expect("page pool arena allocation failed")
+        };
         let free = (0..pages as u32).rev().collect();
         Self {
             memory,
@@ -105,7 +148,8 @@ impl PagePool {
 
     /// The whole arena: a table image whose first byte is at physical `base()`.
     pub fn image(&self) -> &[u8] {
-        // SAFETY: the arena is `pages * 4096` bytes owned by `self`.
+        // SAFETY: the arena is `pages * 4096` bytes owned by `self` (0 bytes at a dangling,
+        // aligned pointer for an empty pool).
         unsafe { core::slice::from_raw_parts(self.memory.as_ptr(), self.pages * PAGE_SIZE as usize) }
     }
 
@@ -155,6 +199,9 @@ impl PageAllocator for PagePool {
 
 impl Drop for PagePool {
     fn drop(&mut self) {
+        if self.pages == 0 {
+            return; // nothing was allocated
+        }
         // SAFETY: `memory` was allocated in `with_physical_base` with this layout.
         unsafe { dealloc(self.memory.as_ptr(), Self::layout(self.pages)) };
     }

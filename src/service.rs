@@ -55,7 +55,7 @@ use embassy_sync::channel::Channel;
 use embassy_sync::signal::Signal;
 use embassy_sync::waitqueue::MultiWakerRegistration;
 use heapless::Vec;
-use txpaging_txn::{FlushBatch, Op, PtError, TxnError};
+use txpaging_txn::{FlushBatch, Op, PtError, Reason, TxnError};
 
 use crate::shared::{SharedCommitReport, SharedTable};
 use crate::transactional::TransactionalTable;
@@ -228,12 +228,18 @@ impl<const SLOTS: usize, const MAX_OPS: usize> MappingService<SLOTS, MAX_OPS> {
     /// while all `SLOTS` are in flight (back-pressure).
     ///
     /// ## Errors
-    /// The request's own [`TxnError`], with `op` counted from the start of `ops`; `op:
-    /// Some(MAX_OPS)` with [`PtError::OutOfResources`] if `ops` holds more than `MAX_OPS` ops
-    /// (nothing is queued then).
+    /// The request's own [`TxnError`], with `op` counted from the start of `ops`. A request
+    /// of more than `MAX_OPS` ops is refused before anything is queued: `op: None`,
+    /// [`PtError::InvalidParameter`], reason [`Reason::TooManyOps`] ("70 ops in one request;
+    /// at most 64 are accepted"). Split such a request, or use a transaction.
     pub async fn submit(&self, ops: &[Op]) -> Result<RequestReport, TxnError> {
         if ops.len() > MAX_OPS {
-            return Err(TxnError::at(MAX_OPS, PtError::OutOfResources));
+            return Err(
+                TxnError::whole(PtError::InvalidParameter).with_reason(Reason::TooManyOps {
+                    ops: ops.len(),
+                    max: MAX_OPS,
+                }),
+            );
         }
         let index = poll_fn(|cx| {
             self.gate.lock(|gate| {
@@ -370,7 +376,7 @@ impl<const SLOTS: usize, const MAX_OPS: usize> MappingService<SLOTS, MAX_OPS> {
                     }
                     return (1, false);
                 }
-                Err(TxnError { op: Some(op), error }) => {
+                Err(failure @ TxnError { op: Some(op), .. }) => {
                     // The request holding op number `op` of the accepted ops fails on top
                     // of the accepted requests before it.
                     let mut start = 0;
@@ -386,7 +392,11 @@ impl<const SLOTS: usize, const MAX_OPS: usize> MappingService<SLOTS, MAX_OPS> {
                         break; // Not in any request: let each request find its own result.
                     };
                     let k = accepted.remove(position);
-                    batch[k].outcome = Some(Err(TxnError::at(relative, error)));
+                    // Same failure, with the op counted from the start of its own request.
+                    batch[k].outcome = Some(Err(TxnError {
+                        op: Some(relative),
+                        ..failure
+                    }));
                 }
                 Err(_) => break,
             }

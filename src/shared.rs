@@ -2,7 +2,8 @@
 //! inside one critical section, with an optional TLB shootdown hook for the other cores.
 //!
 //! The table lives in an embassy-sync blocking mutex over a
-//! [`CriticalSectionRawMutex`]: on a single core the section masks interrupts, on several
+//! [`CriticalSectionRawMutex`](https://docs.rs/embassy-sync/0.8/embassy_sync/blocking_mutex/raw/struct.CriticalSectionRawMutex.html).
+//! On a single core the section masks interrupts, on several
 //! cores the `critical-section` implementation also takes a lock shared by all cores; on the
 //! host, `critical-section`'s `std` implementation is a global re-entrant lock. The firmware
 //! provides the implementation; on several cores it must exclude the other cores too, not
@@ -48,7 +49,7 @@ use core::fmt;
 
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::blocking_mutex::Mutex;
-use txpaging_txn::{CommitReport, FlushBatch, MemoryAttributes, Op, Plan, PtError, Retired, TxnError};
+use txpaging_txn::{CommitReport, FlushBatch, MemoryAttributes, Op, Plan, PtError, Reason, Retired, TxnError};
 
 use crate::transactional::TransactionalTable;
 
@@ -79,6 +80,37 @@ struct Inner<T> {
 ///
 /// `SharedTable<T>` is `Sync` when `T` is `Send` (and the hook `Sync`), so it can sit in a
 /// `static` (for example behind a `OnceLock` or `StaticCell`) or be borrowed by threads.
+///
+/// An X64 table shared by the cores, with a shootdown hook (here it only counts; firmware
+/// sends an IPI and waits until the other cores ran the same INVLPGs or CR3 reload):
+///
+/// ```
+/// use core::sync::atomic::{AtomicUsize, Ordering};
+/// use txpaging::{FlushBatch, MemoryAttributes as A, Op, PagePool, PageTable, PagingType, SharedTable, X64PageTable};
+///
+/// static SHOOTDOWNS: AtomicUsize = AtomicUsize::new(0);
+/// fn shoot_down(batch: &FlushBatch) {
+///     // Firmware: send an IPI to every other core running on this table; each invalidates
+///     // `batch.pages()` one by one, or everything when `batch.is_full()`; then return.
+///     let _pages: Vec<u64> = batch.pages().collect();
+///     SHOOTDOWNS.fetch_add(1, Ordering::Relaxed);
+/// }
+///
+/// let mut table = X64PageTable::new(PagePool::new(16), PagingType::Paging4Level)?;
+/// table.map_memory_region(0, 0x40_0000, A::Writeback)?;
+/// table.install_page_table()?; // other cores may now cache its translations
+/// let shared = SharedTable::with_shootdown(table, shoot_down);
+///
+/// // Any core: one commit, one local invalidation batch, one shootdown.
+/// let done = shared.commit([
+///     Op::Protect { va: 0x1000, size: 0x1000, attributes: A::ReadOnly },
+///     Op::Unmap { va: 0x20_0000, size: 0x20_0000 },
+/// ])?;
+/// assert!(done.shootdown_ran);
+/// assert_eq!(SHOOTDOWNS.load(Ordering::Relaxed), 1);
+/// assert_eq!(shared.query(0x1000, 0x1000)?, A::Writeback | A::ReadOnly);
+/// # Ok::<(), Box<dyn core::error::Error>>(())
+/// ```
 pub struct SharedTable<T, H = ShootdownFn> {
     inner: Mutex<CriticalSectionRawMutex, RefCell<Inner<T>>>,
     shootdown: Option<H>,
@@ -129,7 +161,7 @@ impl<T: TransactionalTable, H: Fn(&FlushBatch)> SharedTable<T, H> {
                 };
                 Ok((committed.report, committed.invalidations, retired, inner.commits))
             })
-            .map_err(TxnError::whole)??;
+            .map_err(reentered)??;
         let mut shootdown_ran = false;
         if let (Some(hook), Some(retired)) = (&self.shootdown, retired) {
             if !invalidations.is_empty() || !retired.pages().is_empty() {
@@ -166,6 +198,11 @@ impl<T: TransactionalTable, H> SharedTable<T, H> {
         })
     }
 
+    /// [`exclusive`](Self::exclusive) for an operation that reports a [`TxnError`].
+    fn exclusive_txn<R>(&self, f: impl FnOnce(&mut Inner<T>) -> Result<R, TxnError>) -> Result<R, TxnError> {
+        self.exclusive(f).map_err(reentered)?
+    }
+
     /// Runs `f` on the table inside one section, shared (reads may nest in reads).
     fn shared<R>(&self, f: impl FnOnce(&Inner<T>) -> R) -> Result<R, PtError> {
         self.inner.lock(|cell| match cell.try_borrow() {
@@ -180,8 +217,7 @@ impl<T: TransactionalTable, H> SharedTable<T, H> {
     /// ## Errors
     /// The error a commit would return, or `op: None` with [`PtError::ReentrantCall`].
     pub fn plan(&self, ops: impl IntoIterator<Item = Op>) -> Result<Plan, TxnError> {
-        self.exclusive(|inner| inner.table.plan_ops(ops))
-            .map_err(TxnError::whole)?
+        self.exclusive_txn(|inner| inner.table.plan_ops(ops))
     }
 
     /// The attributes of `size` bytes at `address`, read inside one section.
@@ -246,4 +282,9 @@ impl<T: TransactionalTable, H> fmt::Debug for SharedTable<T, H> {
             .field("shoots_down", &self.shoots_down())
             .finish_non_exhaustive()
     }
+}
+
+/// The transaction error of a call refused because this CPU re-entered the table.
+fn reentered(error: PtError) -> TxnError {
+    TxnError::whole(error).with_reason(Reason::Reentered)
 }

@@ -1330,12 +1330,9 @@ fn random_transactions<R: Regime>(paging: PagingType, one_gib: bool, seed: u64, 
         let what = format!("seed {seed} round {round} live {live}: {reqs:x?}");
         match failing {
             Some(op) => {
-                let want = Err(txpaging::TxnError {
-                    op: Some(op),
-                    error: PtError::NoMapping,
-                });
-                assert_eq!(plan.map(drop), want, "plan {what}");
-                assert_eq!(result.map(drop), want, "{what}");
+                let want = Err((Some(op), PtError::NoMapping));
+                assert_eq!(plan.map(drop).map_err(|e| e.code()), want, "plan {what}");
+                assert_eq!(result.map(drop).map_err(|e| e.code()), want, "{what}");
                 assert_eq!(b.t.mmu().log(), vec![], "{what}");
                 let pool = b.t.allocator();
                 let after: Vec<(u64, Vec<u8>)> = pool.live().map(|pa| (pa, pool.page(pa).unwrap().to_vec())).collect();
@@ -1440,6 +1437,16 @@ fn dump_shows_descriptor_fields_per_level() {
     let raw = u64::from_str_radix(&bits, 2).unwrap();
     assert_eq!(raw & 3, 0b11);
     assert_eq!((b.mair() >> (8 * ((raw >> 2) & 7))) as u8, NORMAL_WB_RA_WA);
+    // One bit-range notation: "high:low" for a field, the bit number for one bit, each
+    // above its column.
+    let labels = out.lines().nth(1).unwrap().trim_start();
+    assert_eq!(
+        labels,
+        "|63:59|58:55|54|53|52|51:48|               47:12                |11|10|9:8|7:6|5|4:2|1:0|"
+    );
+    let columns = |line: &str| -> Vec<usize> { line.trim_start().split('|').map(str::len).collect() };
+    let row_cells = page.rsplit("] ").next().unwrap();
+    assert_eq!(columns(labels), columns(row_cells), "labels and cells align");
 }
 
 // ------------------------------------------------------------------------------------------

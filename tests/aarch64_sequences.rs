@@ -20,7 +20,7 @@
 use txpaging::aarch64::{Aarch64Codec, El1, El2, Regime, PA_RANGE_48};
 use txpaging::{
     Aarch64Config, Aarch64PageTable, Barrier, CommitReport, MemoryAttributes as MA, MmuOp, PagePool, PageTable,
-    PagingType, PtError, RecordingMmu, Transaction, TxnError,
+    PagingType, PtError, Reason, RecordingMmu, Transaction, TxnError,
 };
 
 type Table<R = El1> = Aarch64PageTable<PagePool, RecordingMmu, R>;
@@ -570,10 +570,9 @@ fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes() {
 }
 
 fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes_in<R: Regime>() {
-    let pinned_break = TxnError {
-        op: None,
-        error: PtError::PinnedRangeBreak,
-    };
+    // The whole commit is blamed, at the first pinned byte of the entry it would break.
+    let pinned_break =
+        |address: u64| TxnError::whole(PtError::PinnedRangeBreak).with_detail(Reason::PinnedRangeBreak, address);
     for paging in PAGINGS {
         let mut t = live_table::<R>(paging, |t| {
             with_block(t);
@@ -584,19 +583,19 @@ fn e_pinned_ranges_refuse_breaks_but_allow_permission_changes_in<R: Regime>() {
         t.pin_range(BLOCK + MIB2 / 2, KIB4).unwrap();
         t.pin_range(BLOCK + 2 * MIB2, KIB4).unwrap();
         // A split anywhere in the block breaks it, and it covers the pinned page.
-        commit_fails(&mut t, pinned_break, |x| {
+        commit_fails(&mut t, pinned_break(BLOCK + MIB2 / 2), |x| {
             x.protect(BLOCK + KIB4, KIB4, MA::ReadOnly);
         });
         // Also when other ops of the commit are fine.
-        commit_fails(&mut t, pinned_break, |x| {
+        commit_fails(&mut t, pinned_break(BLOCK + MIB2 / 2), |x| {
             x.map(BLOCK + 3 * MIB2, KIB4, WB);
             x.protect(BLOCK + MIB2 - KIB4, KIB4, MA::Uncached);
         });
         // A memory type change of the pinned page, and a remap elsewhere.
-        commit_fails(&mut t, pinned_break, |x| {
+        commit_fails(&mut t, pinned_break(BLOCK + 2 * MIB2), |x| {
             x.protect(BLOCK + 2 * MIB2, KIB4, MA::WriteThrough);
         });
-        commit_fails(&mut t, pinned_break, |x| {
+        commit_fails(&mut t, pinned_break(BLOCK + MIB2 / 2), |x| {
             x.map_aliased(BLOCK, 0x8000_0000, MIB2, WB);
         });
         // Permission changes in place: the pinned block, the pinned page.

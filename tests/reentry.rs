@@ -6,8 +6,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use txpaging::{
-    FlushBatch, MemoryAttributes as MA, Op, PageAllocator, PagePool, PagingType, PtError, RecordingMmu, SharedTable,
-    TxnError, X64Config, X64PageTable,
+    FlushBatch, MemoryAttributes as MA, Op, PageAllocator, PagePool, PagingType, PtError, Reason, RecordingMmu,
+    SharedTable, TxnError, X64Config, X64PageTable,
 };
 
 const KIB4: u64 = 0x1000;
@@ -162,7 +162,11 @@ fn a_refusal_returned_by_the_allocator_fails_the_commit_cleanly() {
             size: KIB4,
             attributes: MA::ReadOnly,
         }]);
-        assert_eq!(result, Err(TxnError::whole(PtError::ReentrantCall)));
+        // The allocator's own code, and the reason says the allocator refused.
+        assert_eq!(
+            result,
+            Err(TxnError::whole(PtError::ReentrantCall).with_reason(Reason::AllocatorFailed))
+        );
         let after = shared
             .with_table(|t| (t.regions().collect::<Vec<_>>(), t.table_pages()))
             .unwrap();

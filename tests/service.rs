@@ -14,8 +14,8 @@ use futures::executor::block_on;
 use futures::future::join_all;
 use txpaging::service::{MappingService, RequestReport};
 use txpaging::{
-    FlushBatch, MemoryAttributes as MA, Op, PageAllocator, PagePool, PagingType, PtError, RecordingMmu, SharedTable,
-    TransactionalTable, TxnError, X64Config, X64PageTable,
+    FlushBatch, MemoryAttributes as MA, Op, PageAllocator, PagePool, PagingType, PtError, Reason, RecordingMmu,
+    SharedTable, TransactionalTable, TxnError, X64Config, X64PageTable,
 };
 
 type Table = X64PageTable<PagePool, RecordingMmu>;
@@ -185,7 +185,9 @@ fn check<const S: usize, const M: usize, H: Fn(&FlushBatch)>(
                 applied.push((report.sequence, ops));
             }
             (Some(expected), Err(error)) => {
-                assert_eq!(error, expected, "wrong error for {ops:?}");
+                assert_eq!(error.code(), expected.code(), "wrong error for {ops:?}");
+                let op = ops[expected.op.unwrap()];
+                assert_eq!(error.range, Some((op.va(), op.size())), "range of {error}");
                 failed += 1;
             }
             _ => panic!("expected {expected:?}, got {outcome:?} for {ops:?}"),
@@ -406,7 +408,10 @@ fn an_allocation_failure_falls_back_to_one_request_at_a_time() {
     assert_eq!(ok.len(), 2);
     assert!(ok.iter().all(|r| r.requests_in_commit == 1 && r.batch == 1));
     assert_ne!(ok[0].commit.sequence, ok[1].commit.sequence);
-    assert_eq!(results[2], Err(TxnError::whole(PtError::OutOfResources)));
+    assert_eq!(
+        results[2],
+        Err(TxnError::whole(PtError::OutOfResources).with_reason(Reason::AllocatorFailed))
+    );
     let stats = service.stats();
     assert_eq!(
         (stats.batches, stats.commits, stats.fallbacks, stats.failed),
@@ -447,7 +452,16 @@ fn an_oversized_request_is_refused_without_queueing() {
     let service: MappingService<2, 2> = MappingService::new(2);
     let ops = [map(0, KIB4), map(MIB2, KIB4), map(2 * MIB2, KIB4)];
     let result = block_on(service.submit(&ops));
-    assert_eq!(result, Err(TxnError::at(2, PtError::OutOfResources)));
+    let error = result.unwrap_err();
+    // Its own error, blaming the request as a whole (no op of it is at fault).
+    assert_eq!(
+        error,
+        TxnError::whole(PtError::InvalidParameter).with_reason(Reason::TooManyOps { ops: 3, max: 2 })
+    );
+    assert_eq!(
+        error.to_string(),
+        "transaction failed: invalid parameter: 3 ops in one request; at most 2 are accepted"
+    );
     assert_eq!(service.queued(), 0);
 }
 
@@ -477,7 +491,13 @@ fn a_batch_keeps_queue_order_where_requests_overlap() {
         &shared,
         join_all(requests.iter().map(|ops| service.submit(ops))),
     );
-    assert_eq!(results[3], Err(TxnError::at(0, PtError::NoMapping)));
+    // Op 0 of its own request, with its range and the page found unmapped.
+    assert_eq!(
+        results[3],
+        Err(TxnError::at(0, PtError::NoMapping)
+            .with_range(KIB4, KIB4)
+            .with_detail(Reason::NotMapped, KIB4))
+    );
     for i in [0, 1, 2, 4] {
         let report = results[i].unwrap();
         assert_eq!((report.sequence, report.requests_in_commit), (i as u64, 4));

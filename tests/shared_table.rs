@@ -6,7 +6,7 @@ use std::sync::{Mutex, OnceLock};
 
 use txpaging::{
     Aarch64Config, Aarch64PageTable, FlushBatch, MappedRegion, MemoryAttributes as MA, Op, PageAllocator, PagePool,
-    PagingType, PtError, RecordingMmu, SharedTable, TxnError, X64Config, X64PageTable,
+    PageTable, PagingType, PtError, Reason, RecordingMmu, SharedTable, TxnError, X64Config, X64PageTable,
 };
 
 type Table = X64PageTable<PagePool, RecordingMmu>;
@@ -30,14 +30,18 @@ const MAP_ATTRS: [MA; 5] = [
 ];
 const PROTECT_ATTRS: [MA; 3] = [MA::ReadOnly, MA::ExecuteProtect, MA::ReadOnly.union(MA::ExecuteProtect)];
 
+/// An installed table (a table never installed needs no invalidation, hence no shootdown).
 fn table(pages: usize) -> Table {
-    X64PageTable::with_mmu(
+    let t = X64PageTable::with_mmu(
         PagePool::new(pages),
         PagingType::Paging4Level,
         X64Config { one_gib_pages: true },
         RecordingMmu::new(),
     )
-    .unwrap()
+    .unwrap();
+    t.install_page_table().unwrap();
+    t.mmu().take_log();
+    t
 }
 
 /// xorshift64*: small, seeded, deterministic.
@@ -227,7 +231,7 @@ impl PageAllocator for CountingPool {
 type CountingTable = X64PageTable<CountingPool, RecordingMmu>;
 
 fn counting_table(frees: &'static AtomicUsize) -> CountingTable {
-    X64PageTable::with_mmu(
+    let t = X64PageTable::with_mmu(
         CountingPool {
             pool: PagePool::new(64),
             frees,
@@ -236,7 +240,10 @@ fn counting_table(frees: &'static AtomicUsize) -> CountingTable {
         X64Config { one_gib_pages: true },
         RecordingMmu::new(),
     )
-    .unwrap()
+    .unwrap();
+    t.install_page_table().unwrap();
+    t.mmu().take_log();
+    t
 }
 
 static ORDER_FREES: AtomicUsize = AtomicUsize::new(0);
@@ -420,7 +427,12 @@ fn plan_query_and_dump_through_the_handle() {
         va: 0x1000_0000,
         size: KIB4,
     }]);
-    assert_eq!(bad.unwrap_err(), TxnError::at(0, PtError::NoMapping));
+    assert_eq!(
+        bad.unwrap_err(),
+        TxnError::at(0, PtError::NoMapping)
+            .with_range(0x1000_0000, KIB4)
+            .with_detail(Reason::NotMapped, 0x1000_0000)
+    );
     let mut dump = String::new();
     shared.dump_to(&mut dump, MIB2, KIB4).unwrap();
     assert!(dump.contains("PT") && dump.lines().count() > 4, "{dump}");

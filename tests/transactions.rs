@@ -24,14 +24,19 @@ const CACHES: [MA; 7] = [
     MA::WriteProtect,
 ];
 
+/// An installed table: a CPU may cache its translations, so commits invalidate (a table
+/// never installed gets no INVLPG; see `a_table_never_installed_gets_no_invalidation`).
 fn table_with(paging: PagingType, one_gib_pages: bool, pages: usize) -> Table {
-    X64PageTable::with_mmu(
+    let t = X64PageTable::with_mmu(
         PagePool::new(pages),
         paging,
         X64Config { one_gib_pages },
         RecordingMmu::new(),
     )
-    .unwrap()
+    .unwrap();
+    t.install_page_table().unwrap();
+    t.mmu().take_log();
+    t
 }
 
 fn table() -> Table {
@@ -591,6 +596,42 @@ fn invalid_to_valid_maps_issue_no_invalidation() {
 }
 
 #[test]
+fn a_table_never_installed_gets_no_invalidation() {
+    // As on AArch64: no TLB holds a table no CPU has loaded, and installing it loads CR3.
+    let mut t = X64PageTable::with_mmu(
+        PagePool::new(64),
+        PagingType::Paging4Level,
+        X64Config { one_gib_pages: true },
+        RecordingMmu::new(),
+    )
+    .unwrap();
+    t.map_memory_region(0, 4 * MIB2, MA::Writeback).unwrap();
+    let report = t
+        .transaction()
+        .protect(0x5000, KIB4, MA::ReadOnly)
+        .unmap(MIB2, MIB2)
+        .map(0x1000, KIB4, MA::Uncached)
+        .commit()
+        .unwrap();
+    assert_eq!(
+        (
+            report.pages_invalidated,
+            report.full_flushes,
+            report.invalidation_batches
+        ),
+        (0, 0, 0)
+    );
+    t.unmap_memory_region(0, MIB2).unwrap();
+    assert_eq!(t.mmu().log(), vec![], "no INVLPG and no CR3 reload before the install");
+    // Installed: the same kind of change invalidates.
+    t.map_memory_region(0, 2 * MIB2, MA::Writeback).unwrap();
+    t.install_page_table().unwrap();
+    t.mmu().take_log();
+    t.protect_memory_region(0x5000, KIB4, MA::ReadOnly).unwrap();
+    assert_eq!(t.mmu().log(), vec![MmuOp::InvalidatePage(0x5000)]);
+}
+
+#[test]
 fn one_commit_is_one_invalidation_batch() {
     let mut t = table();
     t.map_memory_region(0, 4 * GIB, MA::Writeback).unwrap();
@@ -834,9 +875,10 @@ fn dump_to_prints_one_row_per_present_entry_in_the_seed_format() {
     let pd0 = t.tables().read_entry(pdpt & ADDRESS_4K, 0);
     let pd1 = t.tables().read_entry(pdpt & ADDRESS_4K, 1);
     let pt: Vec<u64> = (0..3).map(|i| t.tables().read_entry(pd0 & ADDRESS_4K, i)).collect();
+    // As in the seed's example, each row's range is clipped to the range asked for.
     let want = vec![
-        ("PML4".to_string(), 0, 0x7F_FFFF_FFFF, pml4),
-        ("PDP".to_string(), 0, GIB - 1, pdpt),
+        ("PML4".to_string(), 0, 0x3F_FFFF, pml4),
+        ("PDP".to_string(), 0, 0x3F_FFFF, pdpt),
         ("PD".to_string(), 0, MIB2 - 1, pd0),
         ("PT".to_string(), 0, 0xFFF, pt[0]),
         ("PT".to_string(), 0x1000, 0x1FFF, pt[1]),
@@ -867,12 +909,42 @@ fn dump_to_prints_one_row_per_present_entry_in_the_seed_format() {
     let rows: Vec<_> = out.lines().filter_map(parse_row).collect();
     let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(names, ["PML5", "PML4", "PDP", "PD", "PT"], "{out}");
-    assert_eq!((rows[0].1, rows[0].2), (HIGH5, HIGH5 + (1 << 48) - 1));
+    assert_eq!((rows[0].1, rows[0].2), (HIGH5, HIGH5 + 0xFFF));
     assert_eq!((rows[4].1, rows[4].2), (HIGH5, HIGH5 + 0xFFF));
     // Bad ranges are refused before anything is written.
     let mut out = String::new();
     assert_eq!(t.dump_to(&mut out, 0x123, KIB4), Err(PtError::UnalignedAddress));
     assert!(out.is_empty());
+}
+
+#[test]
+fn dump_says_where_nothing_is_mapped() {
+    let mut t = table();
+    t.map_memory_region(0, 0x3000, MA::Writeback).unwrap();
+    let mut out = String::new();
+    t.dump_to(&mut out, 0, 0x40_0000).unwrap();
+    // One row for the run after the three pages, clipped to the range asked for.
+    let holes: Vec<&str> = out.lines().filter(|l| l.ends_with("| not mapped")).collect();
+    assert_eq!(
+        holes,
+        ["     | [0x0000000000003000 0x00000000003FFFFF] | not mapped"],
+        "{out}"
+    );
+    // Nothing mapped at all: the root's entry row, then the whole range as not mapped.
+    let mut out = String::new();
+    t.dump_to(&mut out, 0x4000_0000, 2 * KIB4).unwrap();
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains(" | [0x")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[0].starts_with("PML4 | [0x0000000040000000 0x0000000040001FFF] |"),
+        "{out}"
+    );
+    assert_eq!(rows[1], "     | [0x0000000040000000 0x0000000040001FFF] | not mapped");
+    // The legend says which rows the column names belong to.
+    assert!(
+        out.contains("PT rows (4 KiB page): 51:12 = page address, 8 = G, 7 = PAT, 6 = D"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -286,6 +286,9 @@ impl Build {
             RecordingMmu::new(),
         )
         .unwrap();
+        // Installed: the invalidations of every commit are checked against the decoder.
+        t.install_page_table().unwrap();
+        t.mmu().take_log();
         Self { t, reqs: Vec::new() }
     }
 
@@ -1025,12 +1028,9 @@ fn random_transactions(paging: PagingType, one_gib: bool, seed: u64, dense: bool
         let what = format!("seed {seed} round {round}: {reqs:x?}");
         match failing {
             Some(op) => {
-                let want = Err(txpaging::TxnError {
-                    op: Some(op),
-                    error: txpaging::PtError::NoMapping,
-                });
-                assert_eq!(plan.map(drop), want, "plan {what}");
-                assert_eq!(result.map(drop), want, "{what}");
+                let want = Err((Some(op), txpaging::PtError::NoMapping));
+                assert_eq!(plan.map(drop).map_err(|e| e.code()), want, "plan {what}");
+                assert_eq!(result.map(drop).map_err(|e| e.code()), want, "{what}");
                 assert_eq!(b.t.mmu().log(), vec![], "{what}");
                 let pool = b.t.allocator();
                 let after: Vec<(u64, Vec<u8>)> = pool.live().map(|pa| (pa, pool.page(pa).unwrap().to_vec())).collect();

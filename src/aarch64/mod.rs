@@ -46,6 +46,7 @@ use core::fmt;
 
 use txpaging_txn::{
     Geometry, MappedRegion, MemoryAttributes, Op, PageAllocator, PtError, Regions, Retired, Tables, Transaction,
+    TxnError,
 };
 
 pub use encoding::{tcr_el1, Aarch64Codec, MAIR_LAYOUT, PA_BITS, PA_RANGE_48};
@@ -131,6 +132,34 @@ fn geometry(paging_type: PagingType, config: Aarch64Config) -> Result<Geometry, 
 /// An AArch64 page table of translation regime `R` ([`El1`], the default, or [`El2`]).
 /// Identity maps by default; see [`transaction`](Self::transaction) for batched and aliased
 /// changes.
+///
+/// Every map names exactly one cache attribute (there is no default memory type). On the
+/// host the default MMU is a [`RecordingMmu`](crate::RecordingMmu):
+///
+/// ```
+/// use txpaging::{Aarch64PageTable, MemoryAttributes as A, MmuOp, PagePool, PageTable, PagingType, PtError};
+///
+/// let mut table = Aarch64PageTable::new(PagePool::new(16), PagingType::Paging4Level)?;
+/// // DRAM at 1 GiB as normal write-back memory: one 1 GiB block under L0 and L1 tables.
+/// table.map_memory_region(0x4000_0000, 0x4000_0000, A::Writeback)?;
+/// // A UART page as device memory (Uncached is Device-nGnRnE), never executable.
+/// table.map_memory_region(0x0900_0000, 0x1000, A::Uncached | A::ExecuteProtect)?;
+/// assert_eq!(table.query_memory_region(0x0900_0000, 0x1000)?, A::Uncached | A::ExecuteProtect);
+/// // X64 habit: no cache attribute. AArch64 refuses, and says why.
+/// assert_eq!(
+///     table.map_memory_region(0x1000_0000, 0x1000, A::ReadOnly),
+///     Err(PtError::IncompatibleMemoryAttributes)
+/// );
+/// assert!(table.last_error().unwrap().to_string().contains("AArch64 needs exactly one of Uncached"));
+///
+/// // Installing programs MAIR_EL1, TCR_EL1 and TTBR0_EL1. From then on, commits follow
+/// // break-before-make: splitting the live 1 GiB block breaks it first.
+/// table.install_page_table()?;
+/// table.mmu().take_log();
+/// table.protect_memory_region(0x4000_0000, 0x1000, A::ReadOnly)?;
+/// assert!(table.mmu().log().contains(&MmuOp::InvalidatePage(0x4000_0000)));
+/// # Ok::<(), PtError>(())
+/// ```
 pub struct Aarch64PageTable<P: PageAllocator, M: Mmu = DefaultAarch64Mmu, R: Regime = El1> {
     tables: Tables<Aarch64Codec<R>, P, M>,
     paging_type: PagingType,
@@ -305,6 +334,29 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
         self.tables.allocator_mut()
     }
 
+    /// The full error of the last failed one-op call (`map_memory_region`,
+    /// `unmap_memory_region`, `protect_memory_region`, `map_aliased_memory_region`): which
+    /// address, which rule. Those calls return only its [`PtError`] code, as the seed API
+    /// does, and log it with `log::warn!`.
+    ///
+    /// ```
+    /// use txpaging::{Aarch64PageTable, MemoryAttributes, PagePool, PageTable, PagingType, PtError, Reason};
+    ///
+    /// let mut table = Aarch64PageTable::new(PagePool::new(8), PagingType::Paging4Level)?;
+    /// let code = table.map_memory_region(0x20_0000, 0x1000, MemoryAttributes::ReadOnly).unwrap_err();
+    /// assert_eq!(code, PtError::IncompatibleMemoryAttributes);
+    /// assert_eq!(table.last_error().unwrap().reason, Reason::MissingCacheAttribute);
+    /// let code = table.unmap_memory_region(0x20_0000, 0x1000).unwrap_err();
+    /// assert_eq!(code, PtError::NoMapping);
+    /// let error = table.last_error().unwrap();
+    /// assert_eq!((error.reason, error.address), (Reason::NotMapped, Some(0x20_0000)));
+    /// # let _ = MemoryAttributes::Writeback;
+    /// # Ok::<(), PtError>(())
+    /// ```
+    pub fn last_error(&self) -> Option<TxnError> {
+        self.tables.last_error()
+    }
+
     /// The engine-level table, for tools that walk raw entries.
     pub fn tables(&self) -> &Tables<Aarch64Codec<R>, P, M> {
         &self.tables
@@ -360,7 +412,7 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
                 attributes,
             })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     /// Changes the attributes of `size` mapped bytes at `address`, keeping the output
@@ -378,7 +430,7 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
                 attributes,
             })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     /// Where `va` translates to, with the attributes of its page.
@@ -411,12 +463,15 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
 /// (in table descriptors bits 63:59 are NSTable/APTable/XNTable/PXNTable, the rest ignored).
 static AARCH64_DUMP: DumpFormat = DumpFormat {
     level_names: &["L3", "L2", "L1", "L0"],
+    // Bit ranges in one notation: "high:low" for a field, the bit number for one bit.
     header: &[
-        "Upper| SW |U|P|C|DBM |           Output address           |n|A|SH|AP|N|Atr|Ty|",
-        "63:59|5855|X|X|o| GP |               47:12                |G|F|98|76|S|Idx|pe|",
-        "     |    |N|N|n|5148|                                    | | |  |  | |4:2|10|",
-        "(table rows: bits 63:59 are NSTable, APTable[1:0], UXNTable, PXNTable; leaf rows: SW bit 55 =",
-        " ReadProtect leaf (then bit 0 is 0), SW bit 56 = execute-never forced by device memory)",
+        "|63:59|58:55|54|53|52|51:48|               47:12                |11|10|9:8|7:6|5|4:2|1:0|",
+        "|Upper| SW  |UX|PX|Ct|DBMGP|           Output address           |nG|AF|SH |AP |N|Atr|Typ|",
+        "(UX = UXN/XN, PX = PXN, Ct = Contiguous, DBMGP = DBM (51), GP (50), N = NS, Atr = AttrIndx.",
+        " Table rows (L0-L2, Typ 11 with a table below): 63:59 = NSTable, APTable, UXNTable, PXNTable;",
+        " the other fields are ignored. Block rows (L1/L2, Typ 01) and page rows (L3, Typ 11): as named;",
+        " SW bit 55 = ReadProtect leaf (then Typ bit 0 is 0), SW bit 56 = execute-never forced by device",
+        " memory. Ranges are clipped to the dump.)",
     ],
     // (first bit, width) of each column, most significant first.
     columns: &[
@@ -435,20 +490,25 @@ static AARCH64_DUMP: DumpFormat = DumpFormat {
         (2, 3),
         (0, 2),
     ],
+    // Wide enough for each bit-range label above.
+    cells: &[5, 5, 2, 2, 2, 5, 36, 2, 2, 3, 3, 1, 3, 3],
 };
 
 /// The EL2 dump layout: as at EL1&0, with bit 54 = XN and bit 53 RES0 (Arm ARM D8.3.2).
 static AARCH64_EL2_DUMP: DumpFormat = DumpFormat {
     level_names: AARCH64_DUMP.level_names,
+    // Bit ranges in one notation: "high:low" for a field, the bit number for one bit.
     header: &[
-        "Upper| SW |X|0|C|DBM |           Output address           |0|A|SH|AP|N|Atr|Ty|",
-        "63:59|5855|N|5|o| GP |               47:12                |1|F|98|76|S|Idx|pe|",
-        "     |    | |3|n|5148|                                    |1| |  |  | |4:2|10|",
-        "(EL2 regime: bit 54 XN, bit 53 RES0, nG (bit 11) RES0, AP[1] (bit 6) RES1; table rows:",
-        " bits 63:59 are NSTable, APTable[1:0], XNTable, RES0; leaf rows: SW bit 55 = ReadProtect",
-        " leaf (then bit 0 is 0), SW bit 56 = execute-never forced by device memory)",
+        "|63:59|58:55|54|53|52|51:48|               47:12                |11|10|9:8|7:6|5|4:2|1:0|",
+        "|Upper| SW  |XN|0 |Ct|DBMGP|           Output address           |0 |AF|SH |AP |N|Atr|Typ|",
+        "(EL2 regime: XN = bit 54, bit 53 RES0, nG (bit 11) RES0, AP[1] (bit 6) RES1; Ct = Contiguous,",
+        " DBMGP = DBM (51), GP (50), N = NS, Atr = AttrIndx. Table rows (L0-L2, Typ 11 with a table",
+        " below): 63:59 = NSTable, APTable, XNTable, RES0; the other fields are ignored. Block and page",
+        " rows: as named; SW bit 55 = ReadProtect leaf (then Typ bit 0 is 0), SW bit 56 = execute-never",
+        " forced by device memory. Ranges are clipped to the dump.)",
     ],
     columns: AARCH64_DUMP.columns,
+    cells: AARCH64_DUMP.cells,
 };
 
 fn dump_format<R: Regime>() -> &'static DumpFormat {
@@ -469,14 +529,14 @@ impl<P: PageAllocator, M: Mmu, R: Regime> PageTable for Aarch64PageTable<P, M, R
                 attributes,
             })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
         self.tables
             .commit_op(Op::Unmap { va: address, size })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     /// Programs MAIR_EL1, TCR_EL1 and TTBR0_EL1, or their EL2 counterparts for an EL2 table

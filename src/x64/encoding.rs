@@ -137,6 +137,11 @@ impl Codec for X64Codec {
     /// Linux's choice: up to 33 INVLPGs, then a CR3 reload.
     const PAGE_INVALIDATION_LIMIT: usize = 33;
 
+    /// A table never installed is in no TLB, and installing it loads CR3, which drops every
+    /// non-global translation and the paging-structure caches (SDM 4.10.4.1; this crate
+    /// never sets G). So commits on a table being built issue no INVLPG.
+    const NOT_LIVE_NEEDS_NO_INVALIDATION: bool = true;
+
     #[inline]
     fn decode(raw: u64, level: u8) -> Entry {
         let present = raw & P != 0;

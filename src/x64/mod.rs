@@ -10,6 +10,7 @@ use core::fmt;
 
 use txpaging_txn::{
     Geometry, MappedRegion, MemoryAttributes, Op, PageAllocator, PtError, Regions, Retired, Tables, Transaction,
+    TxnError,
 };
 
 pub use encoding::{X64Codec, PAT_LAYOUT};
@@ -54,6 +55,14 @@ pub const fn full_flush(cr4: u64) -> FullFlush {
 pub const X64_PA_BITS: u8 = 52;
 
 /// What the CPU supports, as far as the table encoding is concerned.
+///
+/// How to choose:
+/// - [`X64PageTable::new`] uses [`X64Config::for_target`]: the running CPU's features on a
+///   UEFI or bare-metal target, a fixed configuration ([`X64Config::default`], 1 GiB pages
+///   on) on a host, so that host tests count the same table pages on every machine.
+/// - To build for a CPU other than the one running the code, or to pin the choice, pass a
+///   value to [`X64PageTable::with_mmu`]: `X64Config { one_gib_pages: false }` for a CPU
+///   without 1 GiB pages, [`X64Config::detect`] for the running one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct X64Config {
     /// Use 1 GiB pages (CPUID 8000_0001h `EDX[26]`, SDM 4.1.4). 2 MiB pages are always used.
@@ -61,6 +70,16 @@ pub struct X64Config {
 }
 
 impl X64Config {
+    /// What [`X64PageTable::new`] and [`X64PageTable::from_existing`] use: [`detect`](Self::detect)
+    /// on UEFI and bare-metal x86_64 targets (where the table is for the running CPU), and
+    /// the deterministic [`default`](Self::default) everywhere else.
+    pub fn for_target() -> Self {
+        #[cfg(all(target_arch = "x86_64", any(target_os = "none", target_os = "uefi")))]
+        return Self::detect();
+        #[cfg(not(all(target_arch = "x86_64", any(target_os = "none", target_os = "uefi"))))]
+        return Self::default();
+    }
+
     /// Reads the running CPU's features with CPUID (on non-x86 hosts: 1 GiB pages on).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -93,6 +112,34 @@ fn geometry(paging_type: PagingType, config: X64Config) -> Result<Geometry, PtEr
 
 /// An X64 page table. Identity maps by default; see [`transaction`](Self::transaction)
 /// for batched and aliased changes.
+///
+/// On the host the default MMU is a [`RecordingMmu`](crate::RecordingMmu), so the same code
+/// runs in tests and shows what the CPU would be asked to do:
+///
+/// ```
+/// use txpaging::{MemoryAttributes as A, MmuOp, PagePool, PageTable, PagingType, X64PageTable};
+///
+/// let mut table = X64PageTable::new(PagePool::new(16), PagingType::Paging4Level)?;
+/// // The first 4 GiB as write-back, no-execute: four 1 GiB pages under one PDPT.
+/// table.map_memory_region(0, 0x1_0000_0000, A::Writeback | A::ExecuteProtect)?;
+/// assert_eq!(table.table_pages(), 2);
+/// // The local APIC page uncached: the 1 GiB page splits down to one 4 KiB page.
+/// table.map_memory_region(0xFEE0_0000, 0x1000, A::Uncached | A::ExecuteProtect)?;
+/// assert_eq!(table.query_memory_region(0xFEE0_0000, 0x1000)?, A::Uncached | A::ExecuteProtect);
+/// assert_eq!(table.table_pages(), 4); // PML4, PDPT, one PD, one PT
+///
+/// // A high-half alias of the first 2 MiB.
+/// table.map_aliased_memory_region(0xFFFF_8000_0000_0000, 0, 0x20_0000, A::Writeback)?;
+/// assert_eq!(table.translate(0xFFFF_8000_0000_1234), Some((0x1234, A::Writeback)));
+///
+/// // Never installed: no TLB holds it yet, so no INVLPG was issued. Installing programs
+/// // IA32_PAT and EFER.NXE and loads CR3; from then on changes invalidate.
+/// assert!(table.mmu().log().is_empty());
+/// table.install_page_table()?;
+/// table.unmap_memory_region(0xFEE0_0000, 0x1000)?;
+/// assert_eq!(table.mmu().take_log().last(), Some(&MmuOp::InvalidatePage(0xFEE0_0000)));
+/// # Ok::<(), txpaging::PtError>(())
+/// ```
 pub struct X64PageTable<P: PageAllocator, M: Mmu = DefaultX64Mmu> {
     tables: Tables<X64Codec, P, M>,
     paging_type: PagingType,
@@ -100,10 +147,17 @@ pub struct X64PageTable<P: PageAllocator, M: Mmu = DefaultX64Mmu> {
 }
 
 impl<P: PageAllocator> X64PageTable<P> {
-    /// Creates an empty table (one zeroed root page) for `paging_type`, with 1 GiB pages
-    /// if the running CPU has them, and the default MMU.
+    /// Creates an empty table (one zeroed root page) for `paging_type` with the default MMU
+    /// and [`X64Config::for_target`]: on UEFI and bare metal, 1 GiB pages if the running
+    /// CPU has them; on a host, always (deterministic). Use [`with_mmu`](Self::with_mmu) to
+    /// choose.
     pub fn new(allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
-        Self::with_mmu(allocator, paging_type, X64Config::detect(), DefaultX64Mmu::default())
+        Self::with_mmu(
+            allocator,
+            paging_type,
+            X64Config::for_target(),
+            DefaultX64Mmu::default(),
+        )
     }
 
     /// Opens the existing table at `root` with the default MMU.
@@ -118,7 +172,7 @@ impl<P: PageAllocator> X64PageTable<P> {
                 root,
                 allocator,
                 paging_type,
-                X64Config::detect(),
+                X64Config::for_target(),
                 DefaultX64Mmu::default(),
             )
         }
@@ -245,6 +299,26 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
         self.tables.allocator_mut()
     }
 
+    /// The full error of the last failed one-op call (`map_memory_region`,
+    /// `unmap_memory_region`, `protect_memory_region`, `map_aliased_memory_region`): which
+    /// address, which rule. Those calls return only its [`PtError`] code, as the seed API
+    /// does, and log it with `log::warn!`.
+    ///
+    /// ```
+    /// use txpaging::{MemoryAttributes, PagePool, PageTable, PagingType, PtError, Reason, X64PageTable};
+    ///
+    /// let mut table = X64PageTable::new(PagePool::new(8), PagingType::Paging4Level)?;
+    /// let code = table.unmap_memory_region(0x20_0000, 0x1000).unwrap_err();
+    /// assert_eq!(code, PtError::NoMapping);
+    /// let error = table.last_error().unwrap();
+    /// assert_eq!((error.reason, error.address), (Reason::NotMapped, Some(0x20_0000)));
+    /// # let _ = MemoryAttributes::Writeback;
+    /// # Ok::<(), PtError>(())
+    /// ```
+    pub fn last_error(&self) -> Option<TxnError> {
+        self.tables.last_error()
+    }
+
     /// The engine-level table, for tools that walk raw entries.
     pub fn tables(&self) -> &Tables<X64Codec, P, M> {
         &self.tables
@@ -277,7 +351,7 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
                 attributes,
             })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     /// Changes the attributes of `size` mapped bytes at `address`, keeping the output
@@ -295,7 +369,7 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
                 attributes,
             })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     /// Where `va` translates to, with the attributes of its page.
@@ -332,7 +406,9 @@ static X64_DUMP: DumpFormat = DumpFormat {
         "|N|           |                                        |   |M|M|I| |P|P|U|R| |",
         "|X| Available |      Page-Map Level-4 Base Address     |AVL|B|B|G|A|C|W|/|/|P|",
         "| |           |                                        |   |Z|Z|N| |D|T|S|W| |",
-        "(leaf rows: bits 8/7/6 are G/PAT/D in PT rows, G/PS/D in PD and PDP rows, where bit 12 is PAT)",
+        "(names above: PML5, PML4, and PDP/PD rows with bit 7 (PS) = 0, which point to the next table.",
+        " PDP/PD rows with PS = 1 (1 GiB/2 MiB page): 51:12 = page address (bit 12 = PAT), 8 = G, 7 = PS, 6 = D.",
+        " PT rows (4 KiB page): 51:12 = page address, 8 = G, 7 = PAT, 6 = D. Ranges are clipped to the dump.)",
     ],
     // (first bit, width) of each column, most significant first.
     columns: &[
@@ -350,6 +426,7 @@ static X64_DUMP: DumpFormat = DumpFormat {
         (1, 1),
         (0, 1),
     ],
+    cells: &[],
 };
 
 impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
@@ -362,14 +439,14 @@ impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
                 attributes,
             })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
         self.tables
             .commit_op(Op::Unmap { va: address, size })
             .map(drop)
-            .map_err(PtError::from)
+            .map_err(crate::familiar_error)
     }
 
     fn install_page_table(&self) -> Result<(), PtError> {

@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use txpaging::{
     Codec, CommitReport, MappedRegion, MemoryAttributes as MA, MmuOp, PageAllocator, PagePool, PageTable, PagingType,
-    Plan, PtError, RecordingMmu, Tlb, Transaction, TxnError, X64Config, X64PageTable,
+    Plan, PtError, Reason, RecordingMmu, Tlb, Transaction, TxnError, X64Config, X64PageTable,
 };
 
 pub const PAGE: u64 = 4096;
@@ -431,14 +431,19 @@ impl Model {
     }
 
     pub fn covered(&self, start: u64, end: u64) -> bool {
+        self.first_hole(start, end).is_none()
+    }
+
+    /// The first linear page of `start..end` that is not mapped, if any.
+    pub fn first_hole(&self, start: u64, end: u64) -> Option<u64> {
         let mut at = start;
         for r in self.clipped(start, end) {
             if r.start != at {
-                return false;
+                return Some(at);
             }
             at = r.end;
         }
-        at == end
+        (at != end).then_some(at)
     }
 
     fn remove(&mut self, start: u64, end: u64) {
@@ -534,12 +539,24 @@ impl Model {
         }
     }
 
-    /// What a transaction of `ops` does: the new model, or the first failing op.
+    /// What a transaction of `ops` does: the new model, or the first failing op. For
+    /// `NoMapping` the error also carries the first page of the op's range that is not
+    /// mapped at that point of the sequence (`address`, canonical).
     pub fn predict<T: ModelTarget>(&self, shape: &Shape, ops: &[MOp]) -> Result<Model, TxnError> {
         let mut next = self.clone();
         for (i, op) in ops.iter().enumerate() {
-            next.apply::<T>(shape, op)
-                .map_err(|error| TxnError { op: Some(i), error })?;
+            let before = next.clone();
+            next.apply::<T>(shape, op).map_err(|error| {
+                let failure = TxnError::at(i, error);
+                match (error, *op) {
+                    (PtError::NoMapping, MOp::Unmap { va, size } | MOp::Protect { va, size, .. }) => {
+                        let (s, e) = shape.check_range(va, size).expect("range checked before the mapping");
+                        let hole = before.first_hole(s, e).expect("NoMapping means a hole");
+                        failure.with_detail(Reason::NotMapped, shape.to_canonical(hole))
+                    }
+                    _ => failure,
+                }
+            })?;
         }
         Ok(next)
     }
@@ -789,6 +806,10 @@ impl ModelTarget for X64Target {
         };
         let table = X64PageTable::with_mmu(TestPool::new(pool_pages), paging, config, RecordingMmu::new())
             .expect("creating a table");
+        // Installed, so that every commit must invalidate what it changes (a table never
+        // installed needs no invalidation; tests/transactions.rs checks that).
+        table.install_page_table().expect("installing on the recording MMU");
+        table.mmu().take_log();
         Self { table, cfg }
     }
 
@@ -1009,6 +1030,11 @@ impl ModelTarget for X64Target {
                 _ => None,
             })
             .collect()
+    }
+
+    fn must_invalidate(&self) -> bool {
+        // A table never installed needs no INVLPG: installing it loads CR3.
+        self.table.tables().is_live()
     }
 
     fn pool(&self) -> &PagePool {
@@ -1742,7 +1768,21 @@ impl<T: ModelTarget> Runner<T> {
                     if let Some(plan) = plan {
                         assert_eq!(plan.err(), got.as_ref().err().copied(), "plan() vs commit()");
                     }
-                    assert_eq!(got.err(), Some(expected), "commit() result");
+                    let got = got.expect_err("commit() must fail");
+                    assert_eq!(got.code(), expected.code(), "commit() result");
+                    assert_eq!(
+                        got.reason.code().unwrap_or(got.error),
+                        got.error,
+                        "reason {:?}",
+                        got.reason
+                    );
+                    if expected.reason == Reason::NotMapped {
+                        assert_eq!(got.reason, Reason::NotMapped, "commit() reason: {got}");
+                        assert_eq!(got.address, expected.address, "first unmapped address: {got}");
+                    }
+                    if let Some(op) = got.op {
+                        assert_eq!(got.range, Some(ops[op].range()), "failing op's range: {got}");
+                    }
                 }
                 assert_eq!(self.target.root(), root);
                 assert!(
@@ -2032,11 +2072,8 @@ impl<T: ModelTarget> Runner<T> {
                     self.target.fail_allocation_at(None);
                     self.stats.injected_failures += 1;
                     assert_eq!(
-                        got.err(),
-                        Some(TxnError {
-                            op: None,
-                            error: PtError::OutOfResources
-                        }),
+                        got.err().map(|e| e.code()),
+                        Some((None, PtError::OutOfResources)),
                         "commit with allocation {k} of {n} failing"
                     );
                     let pool = self.target.pool();

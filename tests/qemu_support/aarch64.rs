@@ -238,7 +238,7 @@ impl<R: Regime> Build<R> {
                 MOp::Unmap { va, size } => self.table.unmap_memory_region(va, size),
                 MOp::Protect { va, size, attrs } => self.table.protect_memory_region(va, size, attrs),
             };
-            result.map_err(|error: PtError| TxnError { op: Some(0), error })
+            result.map_err(|error: PtError| TxnError::at(0, error))
         } else {
             let mut t = self.table.transaction();
             queue(&mut t, ops);

@@ -189,8 +189,8 @@ impl Build {
                 let got = t.commit().map(drop);
                 let want = predicted.as_ref().map(drop).map_err(|e| *e);
                 assert_eq!(
-                    got,
-                    want,
+                    got.map_err(|e| e.code()),
+                    want.map_err(|e| e.code()),
                     "{}: commit() vs the model for\n{}",
                     self.cfg,
                     describe_ops(ops)
@@ -227,10 +227,7 @@ impl Build {
                             self.history.push(*op);
                         }
                         Err(e) => {
-                            first_error.get_or_insert(TxnError {
-                                op: Some(i),
-                                error: e.error,
-                            });
+                            first_error.get_or_insert(TxnError::at(i, e.error));
                         }
                     }
                 }

@@ -3,8 +3,8 @@
 use crate::attributes::MemoryAttributes;
 use crate::error::PtError;
 
-/// A table entry, decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A table entry, decoded. `Debug` prints addresses in hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
     /// Maps nothing.
     Invalid,
@@ -17,6 +17,20 @@ pub enum Entry {
         /// Attributes of the mapping, exactly as they were mapped.
         attributes: MemoryAttributes,
     },
+}
+
+impl core::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Entry::Invalid => f.write_str("Invalid"),
+            Entry::Table(pa) => f.debug_tuple("Table").field(&crate::hex::Hex(pa)).finish(),
+            Entry::Leaf { pa, attributes } => f
+                .debug_struct("Leaf")
+                .field("pa", &crate::hex::Hex(pa))
+                .field("attributes", &attributes)
+                .finish(),
+        }
+    }
 }
 
 /// Entry encoding of one architecture. Implemented in the `txpaging` crate.

@@ -356,7 +356,7 @@ fn new_last_level<C: Codec, P: PageAllocator, T: Tlb>(
     attributes: MemoryAttributes,
     level1: u64,
 ) -> Result<Committed, TxnError> {
-    let page = allocate_table_page(table.allocator_mut()).map_err(TxnError::whole)?;
+    let page = allocate_table_page(table.allocator_mut())?;
     let memory = TableMemory::new(table.allocator());
     let Span { start, first, count } = span;
     memory.fill(page, |index| {
@@ -404,7 +404,7 @@ fn split_leaf<C: Codec, P: PageAllocator, T: Tlb>(
     }
     let page_pa = match allocate_table_page(table.allocator_mut()) {
         Ok(page_pa) => page_pa,
-        Err(error) => return Some(Err(TxnError::whole(error))),
+        Err(error) => return Some(Err(error)),
     };
     let geometry = table.geometry();
     let memory = TableMemory::new(table.allocator());

@@ -5,7 +5,7 @@
 //! Inside the engine virtual addresses are *linear*: the canonical sign extension is
 //! stripped, so the whole translated space is `0..1 << va_bits` with no hole.
 
-use crate::error::PtError;
+use crate::error::{Fault, PtError, Reason};
 
 /// Size of a page and of a table page.
 pub const PAGE_SIZE: u64 = 4096;
@@ -85,37 +85,81 @@ impl Geometry {
     /// `UnalignedMemoryRange`, `AdditionOverflow` (last byte beyond 2^64 - 1),
     /// `InvalidMemoryRange` (non-canonical, beyond the width, or across the canonical hole).
     pub const fn linear_range(&self, address: u64, size: u64) -> Result<(u64, u64), PtError> {
+        match self.check_range(address, size) {
+            Ok(range) => Ok(range),
+            Err(fault) => Err(fault.code()),
+        }
+    }
+
+    /// [`linear_range`](Self::linear_range) with the reason and the first failing address.
+    pub(crate) const fn check_range(&self, address: u64, size: u64) -> Result<(u64, u64), Fault> {
         if size == 0 {
-            return Err(PtError::InvalidMemoryRange);
+            return Err(Fault::new(Reason::EmptyRange, address));
         }
         if address % PAGE_SIZE != 0 {
-            return Err(PtError::UnalignedAddress);
+            return Err(Fault::new(Reason::UnalignedAddress, address));
         }
         if size % PAGE_SIZE != 0 {
-            return Err(PtError::UnalignedMemoryRange);
+            return Err(Fault::new(Reason::UnalignedSize, address));
         }
         let last = match address.checked_add(size - 1) {
             Some(last) => last,
-            None => return Err(PtError::AdditionOverflow),
+            None => return Err(Fault::new(Reason::AddressOverflow, address)),
         };
-        match (self.to_linear(address), self.to_linear(last)) {
-            (Some(start), Some(last_linear)) if last_linear - start == size - 1 => Ok((start, last_linear + 1)),
-            _ => Err(PtError::InvalidMemoryRange),
+        let start = match self.to_linear(address) {
+            Some(start) => start,
+            None => return Err(Fault::new(self.non_canonical_reason(address), address)),
+        };
+        match self.to_linear(last) {
+            Some(last_linear) if last_linear - start == size - 1 => Ok((start, last_linear + 1)),
+            // The first address past the translated range the op runs into.
+            _ => {
+                let bits = self.va_bits();
+                let va_bits = bits as u8;
+                if self.sign_extended && address >> (bits - 1) == 0 {
+                    Err(Fault::new(Reason::CrossesCanonicalHole { va_bits }, 1 << (bits - 1)))
+                } else {
+                    Err(Fault::new(Reason::BeyondAddressWidth { va_bits }, 1 << bits))
+                }
+            }
+        }
+    }
+
+    /// Why `va`, which [`to_linear`](Self::to_linear) refused, is refused.
+    const fn non_canonical_reason(&self, va: u64) -> Reason {
+        let bits = self.va_bits();
+        let va_bits = bits as u8;
+        let upper = va >> bits;
+        if self.sign_extended && (upper == 0 || upper == u64::MAX >> bits) {
+            Reason::NonCanonical { va_bits }
+        } else {
+            Reason::BeyondAddressWidth { va_bits }
         }
     }
 
     /// Checks the physical range of an aliased map: `UnalignedPageBase` if `pa` is not
     /// page aligned, `AdditionOverflow` on overflow, `InvalidMemoryRange` beyond `pa_bits`.
     pub const fn check_physical_range(&self, pa: u64, size: u64) -> Result<(), PtError> {
+        match self.check_physical(pa, size) {
+            Ok(()) => Ok(()),
+            Err(fault) => Err(fault.code()),
+        }
+    }
+
+    /// [`check_physical_range`](Self::check_physical_range) with the reason and the first
+    /// failing physical address.
+    pub(crate) const fn check_physical(&self, pa: u64, size: u64) -> Result<(), Fault> {
         if pa % PAGE_SIZE != 0 {
-            return Err(PtError::UnalignedPageBase);
+            return Err(Fault::new(Reason::UnalignedPhysicalAddress, pa));
         }
         let last = match pa.checked_add(size.saturating_sub(1)) {
             Some(last) => last,
-            None => return Err(PtError::AdditionOverflow),
+            None => return Err(Fault::new(Reason::PhysicalOverflow, pa)),
         };
         if last >> self.pa_bits != 0 {
-            return Err(PtError::InvalidMemoryRange);
+            let top = 1u64 << self.pa_bits;
+            let first = if pa > top { pa } else { top };
+            return Err(Fault::new(Reason::PhysicalBeyondWidth { pa_bits: self.pa_bits }, first));
         }
         Ok(())
     }

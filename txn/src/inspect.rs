@@ -7,12 +7,14 @@ use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry};
 use crate::error::PtError;
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE};
+use crate::hex::Hex;
 use crate::memory::TableMemory;
 use crate::table::Tables;
 use crate::tlb::Tlb;
 
-/// A run of mapped memory: adjacent pages with contiguous output addresses and the same attributes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A run of mapped memory: adjacent pages with contiguous output addresses and the same
+/// attributes. `Debug` prints `va`, `pa` and `size` in hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MappedRegion {
     /// Canonical virtual address of the first byte.
     pub va: u64,
@@ -22,6 +24,17 @@ pub struct MappedRegion {
     pub size: u64,
     /// Attributes, exactly as mapped.
     pub attributes: MemoryAttributes,
+}
+
+impl core::fmt::Debug for MappedRegion {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MappedRegion")
+            .field("va", &Hex(self.va))
+            .field("pa", &Hex(self.pa))
+            .field("size", &Hex(self.size))
+            .field("attributes", &self.attributes)
+            .finish()
+    }
 }
 
 impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {

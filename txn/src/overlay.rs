@@ -9,7 +9,7 @@
 use smallvec::SmallVec;
 
 use crate::attributes::MemoryAttributes;
-use crate::error::PtError;
+use crate::error::{Fault, Reason};
 
 /// What a segment does to its range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,9 +100,10 @@ impl Overlay {
         &self.deferred_checks
     }
 
-    /// Folds op number `op` changing linear `start..end`. Fails with `NoMapping` if it
-    /// unmaps or protects a range an earlier op of the transaction left unmapped.
-    pub(crate) fn fold(&mut self, op: u32, start: u64, end: u64, change: Change) -> Result<(), PtError> {
+    /// Folds op number `op` changing linear `start..end`. Fails with [`Reason::NotMapped`]
+    /// at the first such linear address if it unmaps or protects a range an earlier op of
+    /// the transaction left unmapped.
+    pub(crate) fn fold(&mut self, op: u32, start: u64, end: u64, change: Change) -> Result<(), Fault> {
         // Ops in address order (the common batch) only append: no search, no splice.
         let after_all = self.segments.last().is_none_or(|last| last.end <= start);
         if after_all {
@@ -167,7 +168,7 @@ impl Overlay {
 
     /// What `old` (already cut to the overlapped part) becomes under `change` by `op`,
     /// whose range starts at `op_start`.
-    fn overwrite(&mut self, op: u32, op_start: u64, old: &Segment, change: Change) -> Result<Segment, PtError> {
+    fn overwrite(&mut self, op: u32, op_start: u64, old: &Segment, change: Change) -> Result<Segment, Fault> {
         let (action, attributes, check) = match (change, old.action) {
             (Change::Map { .. }, _) => {
                 if let Some(check) = old.check {
@@ -175,7 +176,9 @@ impl Overlay {
                 }
                 return Ok(fresh(op, op_start, old.start, old.end, change));
             }
-            (Change::Unmap | Change::Protect { .. }, Action::Unmap) => return Err(PtError::NoMapping),
+            (Change::Unmap | Change::Protect { .. }, Action::Unmap) => {
+                return Err(Fault::new(Reason::NotMapped, old.start))
+            }
             (Change::Unmap, Action::Map { .. }) => (Action::Unmap, MemoryAttributes::empty(), None),
             (Change::Unmap, Action::Protect) => (Action::Unmap, MemoryAttributes::empty(), old.check),
             (Change::Protect { attributes }, Action::Map { pa }) => {
@@ -268,10 +271,11 @@ mod tests {
         let mut overlay = Overlay::default();
         overlay.fold(0, 0, 0x2000, map(0)).unwrap();
         overlay.fold(1, 0, 0x2000, Change::Unmap).unwrap();
-        assert_eq!(overlay.fold(2, 0x1000, 0x3000, Change::Unmap), Err(PtError::NoMapping));
+        let not_mapped = Err(Fault::new(Reason::NotMapped, 0x1000));
+        assert_eq!(overlay.fold(2, 0x1000, 0x3000, Change::Unmap), not_mapped);
         assert_eq!(
             overlay.fold(2, 0x1000, 0x2000, Change::Protect { attributes: RO }),
-            Err(PtError::NoMapping)
+            not_mapped
         );
     }
 

@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 use crate::allocator::PageAllocator;
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
-use crate::error::PtError;
+use crate::error::{Blame, Reason};
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
 use crate::overlay::{Action, Overlay, Segment};
@@ -270,6 +270,17 @@ pub(crate) struct Recorded {
     pub(crate) counts: Counts,
 }
 
+/// A precondition the walk found broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WalkError {
+    /// The op to blame, or the whole transaction.
+    pub(crate) blame: Blame,
+    /// What was broken.
+    pub(crate) reason: Reason,
+    /// Linear address where it was found, if one applies.
+    pub(crate) linear: Option<u64>,
+}
+
 /// The planner's walk.
 pub(crate) struct Walk<'a, C: Codec, P: PageAllocator> {
     memory: TableMemory<'a, P>,
@@ -277,8 +288,9 @@ pub(crate) struct Walk<'a, C: Codec, P: PageAllocator> {
     pub(crate) plan: Recorded,
     /// Linear ranges that must never be broken.
     pinned: &'a [(u64, u64)],
-    /// The first failed precondition: (op, error), smallest op wins.
-    pub(crate) error: Option<(u32, PtError)>,
+    /// The first failed precondition: the op it blames (smallest wins), why, and the
+    /// linear address where it failed (lowest wins for the same op).
+    pub(crate) error: Option<WalkError>,
     _codec: core::marker::PhantomData<C>,
 }
 
@@ -301,11 +313,16 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         }
     }
 
+    /// The geometry of the walked table.
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
     /// Plans `overlay` over the table rooted at `root`.
     pub(crate) fn run(&mut self, root: u64, overlay: &Overlay) {
         for &(start, end, op) in overlay.deferred_checks() {
-            if !self.fully_mapped(root, self.geometry.top_level(), 0, start, end) {
-                self.fail(op, PtError::NoMapping);
+            if let Some(hole) = self.first_unmapped(root, self.geometry.top_level(), 0, start, end) {
+                self.not_mapped(op, hole);
             }
         }
         let top = self.geometry.top_level();
@@ -319,11 +336,28 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         );
     }
 
-    fn fail(&mut self, op: u32, error: PtError) {
+    /// Records a broken precondition; the one blaming the earliest op (then the one at the
+    /// lowest address) is reported.
+    fn fail(&mut self, blame: Blame, reason: Reason, linear: Option<u64>) {
+        let new = WalkError { blame, reason, linear };
         match self.error {
-            Some((first, _)) if first <= op => {}
-            _ => self.error = Some((op, error)),
+            Some(first) if (first.blame, first.linear) <= (blame, linear) => {}
+            _ => self.error = Some(new),
         }
+    }
+
+    /// Records that the checked `segments` overlapping the unmapped entry at `entry_va` fail.
+    fn segments_not_mapped(&mut self, segments: &[Segment], entry_va: u64) {
+        for segment in segments {
+            if let Some(op) = segment.check {
+                self.not_mapped(op, segment.start.max(entry_va));
+            }
+        }
+    }
+
+    /// Records that op `op` needs linear address `linear` mapped, and it is not.
+    fn not_mapped(&mut self, op: u32, linear: u64) {
+        self.fail(Blame::Op(op as usize), Reason::NotMapped, Some(linear));
     }
 
     fn record_invalidation(&mut self, linear_va: u64, old: u64, level: u8) {
@@ -385,7 +419,13 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 .iter()
                 .any(|&(start, end)| start < at.va + size && at.va < end)
             {
-                self.fail(u32::MAX, PtError::PinnedRangeBreak);
+                let first_pinned = self
+                    .pinned
+                    .iter()
+                    .filter(|&&(start, end)| start < at.va + size && at.va < end)
+                    .map(|&(start, _)| start.max(at.va))
+                    .min();
+                self.fail(Blame::Transaction, Reason::PinnedRangeBreak, first_pinned);
             }
             self.plan.break_flush.record(va, C::invalidation_pages(old, at.level));
             return true;
@@ -553,13 +593,13 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                     }
                     Covered::Missing => {
                         if let Some(op) = segment.check {
-                            self.fail(op, PtError::NoMapping);
+                            self.not_mapped(op, entry_va);
                         }
                         Slot::Invalid
                     }
                     // A page is always a leaf or invalid, and every page is covered.
                     Covered::Descend => {
-                        self.fail(u32::MAX, PtError::InternalError);
+                        self.fail(Blame::Transaction, Reason::Internal, None);
                         Slot::Invalid
                     }
                 };
@@ -615,9 +655,9 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                     return new;
                 }
                 Covered::Missing => {
-                    if let Some(op) = cover.check {
-                        self.fail(op, PtError::NoMapping);
-                    }
+                    // The cover may join pieces of several ops: each fails where its own
+                    // checked piece starts.
+                    self.segments_not_mapped(segments, entry_va);
                     return Slot::Invalid;
                 }
                 Covered::Descend => {}
@@ -625,7 +665,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         }
         if level == 0 {
             // A page is always covered by exactly one segment.
-            self.fail(u32::MAX, PtError::InternalError);
+            self.fail(Blame::Transaction, Reason::Internal, None);
             return Slot::Invalid;
         }
         let child_level = level - 1;
@@ -655,9 +695,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             }
             Entry::Invalid => {
                 if !segments.iter().any(|s| matches!(s.action, Action::Map { .. })) {
-                    if let Some(op) = segments.iter().filter_map(|s| s.check).min() {
-                        self.fail(op, PtError::NoMapping);
-                    }
+                    self.segments_not_mapped(segments, entry_va);
                     return Slot::Invalid;
                 }
                 // A new table is complete before the store that links it.
@@ -792,15 +830,12 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             match C::decode(raw, level) {
                 Entry::Invalid => {
                     // Every op whose required range overlaps the hole fails; the first one counts.
-                    let op = checked.and_then(|segments| {
-                        segments
-                            .iter()
-                            .filter(|s| s.start < entry_va + size && entry_va < s.end)
-                            .filter_map(|s| s.check)
-                            .min()
-                    });
-                    if let Some(op) = op {
-                        self.fail(op, PtError::NoMapping);
+                    for segment in checked.unwrap_or_default() {
+                        if let Some(op) = segment.check {
+                            if segment.start < entry_va + size && entry_va < segment.end {
+                                self.not_mapped(op, segment.start.max(entry_va));
+                            }
+                        }
                     }
                 }
                 Entry::Leaf { pa, attributes } => {
@@ -824,25 +859,25 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         self.free_table(TableRef::Existing(table));
     }
 
-    /// Whether linear `start..end` is fully mapped in the table at `table` (entries of
-    /// `level`, covering from `table_va`).
-    fn fully_mapped(&self, table: u64, level: u8, table_va: u64, start: u64, end: u64) -> bool {
+    /// The first linear address of `start..end` that the table at `table` (entries of
+    /// `level`, covering from `table_va`) does not map, if any.
+    fn first_unmapped(&self, table: u64, level: u8, table_va: u64, start: u64, end: u64) -> Option<u64> {
         let size = Geometry::entry_size(level);
         let mut va = start;
         while va < end {
             let index = Geometry::index(va, level);
             let entry_va = table_va + index as u64 * size;
             let entry_end = (entry_va + size).min(end);
-            let mapped = match C::decode(self.memory.read(table, index), level) {
-                Entry::Invalid => false,
-                Entry::Leaf { .. } => true,
-                Entry::Table(child) => self.fully_mapped(child, level - 1, entry_va, va, entry_end),
+            let hole = match C::decode(self.memory.read(table, index), level) {
+                Entry::Invalid => Some(va),
+                Entry::Leaf { .. } => None,
+                Entry::Table(child) => self.first_unmapped(child, level - 1, entry_va, va, entry_end),
             };
-            if !mapped {
-                return false;
+            if hole.is_some() {
+                return hole;
             }
             va = entry_end;
         }
-        true
+        None
     }
 }

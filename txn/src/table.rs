@@ -23,6 +23,8 @@ pub struct Tables<C: Codec, P: PageAllocator, T: Tlb> {
     /// 2 MiB span, table address). Only a commit that changes the structure can make it
     /// stale, and every such commit forgets it first (see `forget_walk_hint`).
     walk_hint: core::cell::Cell<Option<(u64, u64)>>,
+    /// The error of the last failed [`commit_op`](Self::commit_op).
+    last_error: Option<crate::error::TxnError>,
     _codec: core::marker::PhantomData<C>,
 }
 
@@ -56,6 +58,7 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
             live: core::cell::Cell::new(live),
             pinned: smallvec::SmallVec::new(),
             walk_hint: core::cell::Cell::new(None),
+            last_error: None,
             _codec: core::marker::PhantomData,
         }
     }
@@ -144,7 +147,8 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
     }
 
     /// Commits one op: what the familiar one-op calls do. Same result as a transaction of
-    /// that one op, without queueing it.
+    /// that one op, without queueing it. A failure is also kept for
+    /// [`last_error`](Self::last_error).
     pub fn commit_op(
         &mut self,
         op: crate::transaction::Op,
@@ -152,6 +156,25 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         if let Some(report) = crate::fast::try_commit_report(self, &op) {
             return Ok(report);
         }
+        let result = self.commit_op_slow(op);
+        if let Err(error) = result {
+            self.last_error = Some(error);
+        }
+        result
+    }
+
+    /// The full error of the last failed [`commit_op`](Self::commit_op) (the familiar
+    /// one-op calls), which they report only as its [`PtError`] code. Kept until the next
+    /// failure.
+    pub fn last_error(&self) -> Option<crate::error::TxnError> {
+        self.last_error
+    }
+
+    /// [`commit_op`](Self::commit_op) past the fast path.
+    fn commit_op_slow(
+        &mut self,
+        op: crate::transaction::Op,
+    ) -> Result<crate::transaction::CommitReport, crate::error::TxnError> {
         let committed = match crate::fast::try_structural(self, &op) {
             Some(result) => result?,
             None => {
@@ -202,11 +225,14 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
 }
 
 /// Allocates one table page and checks its alignment.
-pub(crate) fn allocate_table_page(allocator: &mut impl PageAllocator) -> Result<u64, PtError> {
-    let page = allocator.allocate_page(PAGE_SIZE, PAGE_SIZE)?;
+pub(crate) fn allocate_table_page(allocator: &mut impl PageAllocator) -> Result<u64, crate::error::TxnError> {
+    use crate::error::{Reason, TxnError};
+    let page = allocator
+        .allocate_page(PAGE_SIZE, PAGE_SIZE)
+        .map_err(|error| TxnError::whole(error).with_reason(Reason::AllocatorFailed))?;
     if page % PAGE_SIZE != 0 {
         allocator.free_page(page, PAGE_SIZE);
-        return Err(PtError::UnalignedPageBase);
+        return Err(TxnError::whole(PtError::UnalignedPageBase).with_detail(Reason::UnalignedTablePage, page));
     }
     Ok(page)
 }

@@ -1,7 +1,11 @@
 //! `Tlb`: the pluggable invalidation interface, and `FlushBatch`, the invalidations a
 //! commit collects and issues once at the end.
 
+use core::fmt;
+
 use smallvec::SmallVec;
+
+use crate::hex::HexRuns;
 
 /// An ordering point of a commit (issued only for codecs with `USES_BARRIERS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,15 +48,31 @@ pub(crate) struct Issued {
 
 /// The invalidations of one commit, collected while entries are written: runs of pages
 /// invalidated one by one, or one full flush once more than `limit` pages would be needed.
-#[derive(Debug, Clone, Default)]
+///
+/// `Debug` prints each run as `(first page in hex, pages)`. A batch built for a table no
+/// TLB can hold yet (a never-installed table: its install flushes everything) has
+/// `records_nothing: true` and stays empty whatever is recorded.
+#[derive(Clone, Default)]
 pub struct FlushBatch {
     /// (canonical va, pages) runs, each recorded once.
     ranges: SmallVec<[(u64, u64); 4]>,
     pages: u64,
     full: bool,
     limit: usize,
-    /// Records nothing (a table no TLB can hold).
-    ignore: bool,
+    /// The table is not installed, so no TLB holds its translations: record nothing.
+    records_nothing: bool,
+}
+
+impl fmt::Debug for FlushBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlushBatch")
+            .field("ranges", &HexRuns(&self.ranges))
+            .field("pages", &self.pages)
+            .field("full", &self.full)
+            .field("limit", &self.limit)
+            .field("records_nothing", &self.records_nothing)
+            .finish()
+    }
 }
 
 impl FlushBatch {
@@ -63,14 +83,14 @@ impl FlushBatch {
             pages: 0,
             full: false,
             limit,
-            ignore: false,
+            records_nothing: false,
         }
     }
 
     /// The batch of a commit on a table no TLB can hold: it records nothing.
     pub(crate) fn none() -> Self {
         Self {
-            ignore: true,
+            records_nothing: true,
             ..Self::new(0)
         }
     }
@@ -93,7 +113,7 @@ impl FlushBatch {
     /// Records that the translations of `pages` pages from canonical `va` changed.
     /// A run starting at an address already recorded is not recorded again.
     pub fn record(&mut self, va: u64, pages: u64) {
-        if self.ignore || self.full || self.ranges.iter().any(|&(start, _)| start == va) {
+        if self.records_nothing || self.full || self.ranges.iter().any(|&(start, _)| start == va) {
             return;
         }
         if self.pages + pages > self.limit as u64 {

@@ -1,20 +1,23 @@
 //! `Transaction`: queued ops, planned as a whole, committed all or nothing.
 
+use core::fmt;
+
 use smallvec::SmallVec;
 
 use crate::allocator::PageAllocator;
 use crate::apply::{apply, give_back, Pages};
 use crate::attributes::MemoryAttributes;
 use crate::codec::Codec;
-use crate::error::{PtError, TxnError};
+use crate::error::{Blame, Fault, PtError, Reason, TxnError};
 use crate::geometry::Geometry;
+use crate::hex::{Hex, HexList};
 use crate::overlay::{Action, Change, Overlay};
-use crate::plan::{Recorded, Walk};
+use crate::plan::{Recorded, Walk, WalkError};
 use crate::table::{allocate_table_page, Tables};
 use crate::tlb::{FlushBatch, Tlb};
 
-/// One queued request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One queued request. `Debug` prints addresses and sizes in hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Map `size` bytes at virtual `va` to physical `pa`.
     Map {
@@ -45,8 +48,24 @@ pub enum Op {
     },
 }
 
-/// What a range becomes, as the plan reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Op {
+    /// The op's virtual address.
+    pub const fn va(&self) -> u64 {
+        match *self {
+            Op::Map { va, .. } | Op::Unmap { va, .. } | Op::Protect { va, .. } => va,
+        }
+    }
+
+    /// The op's size in bytes.
+    pub const fn size(&self) -> u64 {
+        match *self {
+            Op::Map { size, .. } | Op::Unmap { size, .. } | Op::Protect { size, .. } => size,
+        }
+    }
+}
+
+/// What a range becomes, as the plan reports it. `Debug` prints `pa` in hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum FinalState {
     /// Mapped to `pa` with `attributes`.
     Mapped {
@@ -65,8 +84,8 @@ pub enum FinalState {
     },
 }
 
-/// A touched range and its final state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A touched range and its final state. `Debug` prints `va` and `size` in hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PlannedRange {
     /// Canonical virtual address.
     pub va: u64,
@@ -76,8 +95,8 @@ pub struct PlannedRange {
     pub state: FinalState,
 }
 
-/// The result of a dry run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The result of a dry run. `Debug` prints addresses in hex, counts in decimal.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Plan {
     /// Every touched range with its final state, sorted by linear address.
     pub ranges: alloc::vec::Vec<PlannedRange>,
@@ -129,7 +148,7 @@ impl CommitReport {
 
 /// Table pages a commit stopped using, not yet given back to the allocator.
 #[must_use = "retired pages leak unless passed to Tables::release"]
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Retired {
     pub(crate) pages: SmallVec<[u64; 2]>,
 }
@@ -138,6 +157,82 @@ impl Retired {
     /// Physical addresses of the retired table pages.
     pub fn pages(&self) -> &[u64] {
         &self.pages
+    }
+}
+
+impl fmt::Debug for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Op::Map {
+                va,
+                pa,
+                size,
+                attributes,
+            } => f
+                .debug_struct("Map")
+                .field("va", &Hex(va))
+                .field("pa", &Hex(pa))
+                .field("size", &Hex(size))
+                .field("attributes", &attributes)
+                .finish(),
+            Op::Unmap { va, size } => f
+                .debug_struct("Unmap")
+                .field("va", &Hex(va))
+                .field("size", &Hex(size))
+                .finish(),
+            Op::Protect { va, size, attributes } => f
+                .debug_struct("Protect")
+                .field("va", &Hex(va))
+                .field("size", &Hex(size))
+                .field("attributes", &attributes)
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Debug for FinalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            FinalState::Mapped { pa, attributes } => f
+                .debug_struct("Mapped")
+                .field("pa", &Hex(pa))
+                .field("attributes", &attributes)
+                .finish(),
+            FinalState::Unmapped => f.write_str("Unmapped"),
+            FinalState::Reprotected { attributes } => {
+                f.debug_struct("Reprotected").field("attributes", &attributes).finish()
+            }
+        }
+    }
+}
+
+impl fmt::Debug for PlannedRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlannedRange")
+            .field("va", &Hex(self.va))
+            .field("size", &Hex(self.size))
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plan")
+            .field("ranges", &self.ranges)
+            .field("entries_to_write", &self.entries_to_write)
+            .field("tables_to_allocate", &self.tables_to_allocate)
+            .field("tables_to_free", &self.tables_to_free)
+            .field("pages_to_invalidate", &HexList(&self.pages_to_invalidate))
+            .field("full_flush", &self.full_flush)
+            .field("breaks", &self.breaks)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Retired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retired").field("pages", &HexList(&self.pages)).finish()
     }
 }
 
@@ -156,6 +251,54 @@ pub struct Committed {
 ///
 /// Ops apply in queue order; where they overlap the later one wins. An unmap or protect
 /// needs its whole range mapped at that point of the sequence.
+///
+/// ```
+/// use txpaging::{
+///     FinalState, MemoryAttributes as A, PagePool, PageTable, PagingType, PtError, Reason, X64PageTable,
+/// };
+///
+/// let mut table = X64PageTable::new(PagePool::new(16), PagingType::Paging4Level)?;
+/// table.map_memory_region(0, 0x40_0000, A::Writeback)?; // two 2 MiB pages
+///
+/// let mut txn = table.transaction();
+/// txn.protect(0x10_0000, 0x4_0000, A::ReadOnly) // code: read-only
+///     .protect(0, 0x1000, A::ReadProtect) // NULL page: not present
+///     .unmap(0x20_0000, 0x20_0000); // the second 2 MiB
+///
+/// // Dry run: what the commit will do. Nothing changes yet.
+/// let plan = txn.plan()?;
+/// assert_eq!(plan.tables_to_allocate, 1); // the first 2 MiB page splits
+/// assert_eq!(plan.ranges[0].va, 0);
+/// assert_eq!(plan.ranges.last().unwrap().state, FinalState::Unmapped);
+/// assert_eq!(table.query_memory_region(0, 0x1000), Ok(A::Writeback)); // still unchanged
+///
+/// // Commit: all or nothing, one invalidation batch.
+/// let report = table
+///     .transaction()
+///     .protect(0x10_0000, 0x4_0000, A::ReadOnly)
+///     .protect(0, 0x1000, A::ReadProtect)
+///     .unmap(0x20_0000, 0x20_0000)
+///     .commit()?;
+/// assert_eq!(report.tables_allocated, 1);
+/// assert_eq!(table.query_memory_region(0x10_0000, 0x4_0000)?, A::Writeback | A::ReadOnly);
+///
+/// // A failing op: nothing is applied, and the error names the op, the address, the rule.
+/// let error = table
+///     .transaction()
+///     .protect(0x10_0000, 0x1000, A::ExecuteProtect)
+///     .unmap(0x1F_F000, 0x2000) // 0x200000 was unmapped above
+///     .commit()
+///     .unwrap_err();
+/// assert_eq!((error.op, error.error), (Some(1), PtError::NoMapping));
+/// assert_eq!((error.reason, error.address), (Reason::NotMapped, Some(0x20_0000)));
+/// assert_eq!(
+///     error.to_string(),
+///     "op 1 (0x1ff000, size 0x2000) failed at 0x200000: part of the range is not mapped: \
+///      nothing is mapped there; unmap and protect need the whole range mapped"
+/// );
+/// assert_eq!(table.query_memory_region(0x10_0000, 0x1000)?, A::Writeback | A::ReadOnly);
+/// # Ok::<(), Box<dyn core::error::Error>>(())
+/// ```
 pub struct Transaction<'t, C: Codec, P: PageAllocator, T: Tlb> {
     table: &'t mut Tables<C, P, T>,
     ops: SmallVec<[Op; 1]>,
@@ -290,7 +433,7 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
         let table = &*self.table;
         let mut walk = Walk::<C, P>::new(table.allocator(), table.geometry(), table.is_live(), table.pinned());
         walk.run(self.table.root(), &overlay);
-        walk_result(&walk)?;
+        walk_result(&walk, &self.ops)?;
         let plan = walk.plan;
         // The plan may link, unlink or free tables: the fast path's walk hint goes first.
         self.table.forget_walk_hint();
@@ -301,7 +444,7 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
                 Ok(page) => pages.push(page),
                 Err(error) => {
                     give_back(allocator, &pages);
-                    return Err(TxnError::whole(error));
+                    return Err(error);
                 }
             }
         }
@@ -331,18 +474,50 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
         let geometry = self.table.geometry();
         let mut overlay = Overlay::default();
         for (index, op) in self.ops.iter().enumerate() {
-            let op_number = u32::try_from(index).map_err(|_| TxnError::whole(PtError::InvalidParameter))?;
-            let result = check_op::<C>(&geometry, op)
-                .and_then(|(start, end, change)| overlay.fold(op_number, start, end, change));
-            if let Err(error) = result {
-                // An op before this one may already fail against the table.
-                return match self.dry_run(&overlay) {
-                    Err(earlier) => Err(earlier),
-                    Ok(_) => Err(TxnError::at(index, error)),
-                };
-            }
+            let op_number = u32::try_from(index).map_err(|_| {
+                TxnError::whole(PtError::InvalidParameter).with_reason(Reason::TooManyOps {
+                    ops: self.ops.len(),
+                    max: (u32::MAX as usize).saturating_add(1),
+                })
+            })?;
+            let failure = match check_op::<C>(&geometry, op) {
+                Err(fault) => fault,
+                Ok((start, end, change)) => match overlay.fold(op_number, start, end, change) {
+                    Ok(()) => continue,
+                    // The overlay refused linear `hole`: an earlier op of the transaction
+                    // unmapped it.
+                    Err(fault) => {
+                        let hole = self.first_hole(&overlay, index, (start, fault.address, change));
+                        Fault::new(fault.reason, geometry.to_canonical(hole.unwrap_or(fault.address)))
+                    }
+                },
+            };
+            // An op before this one may already fail against the table.
+            self.dry_run(&overlay)?;
+            return Err(failure.at_op(index, op.va(), op.size()));
         }
         Ok(overlay)
+    }
+
+    /// The first linear address below `before` that op `index`, changing linear
+    /// `start..before` by `change`, finds unmapped in the table (the overlay of the ops
+    /// before it refused `before` itself). `None` if there is none or an earlier op fails.
+    #[cold]
+    fn first_hole(&self, overlay: &Overlay, index: usize, (start, before, change): (u64, u64, Change)) -> Option<u64> {
+        if start == before {
+            return None;
+        }
+        let mut probe = overlay.clone();
+        probe.fold(index as u32, start, before, change).ok()?;
+        match self.dry_run(&probe) {
+            Err(TxnError {
+                op: Some(op),
+                reason: Reason::NotMapped,
+                address: Some(address),
+                ..
+            }) if op == index => self.table.geometry().to_linear(address),
+            _ => None,
+        }
     }
 
     /// Plans `overlay` without changing anything.
@@ -350,22 +525,31 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
         let table = &*self.table;
         let mut walk = Walk::<C, P>::new(table.allocator(), table.geometry(), table.is_live(), table.pinned());
         walk.run(self.table.root(), overlay);
-        walk_result(&walk)?;
+        walk_result(&walk, &self.ops)?;
         Ok(walk.plan)
     }
 }
 
-/// The error a planning walk found, if any.
-fn walk_result<C: Codec, P: PageAllocator>(walk: &Walk<'_, C, P>) -> Result<(), TxnError> {
-    match walk.error {
-        Some((u32::MAX, error)) => Err(TxnError::whole(error)),
-        Some((op, error)) => Err(TxnError::at(op as usize, error)),
-        None => Ok(()),
+/// The error a planning walk over `ops` found, if any.
+fn walk_result<C: Codec, P: PageAllocator>(walk: &Walk<'_, C, P>, ops: &[Op]) -> Result<(), TxnError> {
+    let Some(WalkError { blame, reason, linear }) = walk.error else {
+        return Ok(());
+    };
+    let code = reason.code().unwrap_or(PtError::InternalError);
+    let mut error = TxnError::blaming(blame, code).with_reason(reason);
+    if let Blame::Op(index) = blame {
+        if let Some(op) = ops.get(index) {
+            error = error.with_range(op.va(), op.size());
+        }
     }
+    if let Some(linear) = linear {
+        error.address = Some(walk.geometry().to_canonical(linear));
+    }
+    Err(error)
 }
 
 /// Checks one op's arguments and turns it into a linear range and a change.
-pub(crate) fn check_op<C: Codec>(geometry: &Geometry, op: &Op) -> Result<(u64, u64, Change), PtError> {
+pub(crate) fn check_op<C: Codec>(geometry: &Geometry, op: &Op) -> Result<(u64, u64, Change), Fault> {
     match *op {
         Op::Map {
             va,
@@ -373,19 +557,41 @@ pub(crate) fn check_op<C: Codec>(geometry: &Geometry, op: &Op) -> Result<(u64, u
             size,
             attributes,
         } => {
-            let (start, end) = geometry.linear_range(va, size)?;
-            geometry.check_physical_range(pa, size)?;
-            C::check_map_attributes(attributes)?;
+            let (start, end) = geometry.check_range(va, size)?;
+            geometry.check_physical(pa, size).map_err(|fault| {
+                let high_half = geometry.sign_extended && va >> 63 == 1;
+                match fault.reason {
+                    Reason::PhysicalBeyondWidth { pa_bits } if va == pa && high_half => {
+                        Fault::new(Reason::HighHalfIdentityMap { pa_bits }, va)
+                    }
+                    _ => fault,
+                }
+            })?;
+            C::check_map_attributes(attributes).map_err(|error| attribute_fault(error, attributes, va))?;
             Ok((start, end, Change::Map { pa, attributes }))
         }
         Op::Unmap { va, size } => {
-            let (start, end) = geometry.linear_range(va, size)?;
+            let (start, end) = geometry.check_range(va, size)?;
             Ok((start, end, Change::Unmap))
         }
         Op::Protect { va, size, attributes } => {
-            let (start, end) = geometry.linear_range(va, size)?;
-            C::check_protect_attributes(attributes)?;
+            let (start, end) = geometry.check_range(va, size)?;
+            C::check_protect_attributes(attributes).map_err(|error| attribute_fault(error, attributes, va))?;
             Ok((start, end, Change::Protect { attributes }))
         }
     }
+}
+
+/// The reason a codec refused `attributes` with `error`, for an op at `va`.
+#[cold]
+fn attribute_fault(error: PtError, attributes: MemoryAttributes, va: u64) -> Fault {
+    let reason = match error {
+        PtError::InvalidParameter => Reason::UnknownAttributeBits {
+            bits: attributes.unknown_bits(),
+        },
+        PtError::IncompatibleMemoryAttributes if attributes.cache().is_empty() => Reason::MissingCacheAttribute,
+        PtError::IncompatibleMemoryAttributes => Reason::SeveralCacheAttributes,
+        _ => Reason::Internal,
+    };
+    Fault::new(reason, va)
 }

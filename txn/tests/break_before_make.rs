@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 use txpaging_txn::{
-    Barrier, Codec, Entry, Geometry, MemoryAttributes as A, PageAllocator, PtError, Tables, Tlb, TxnError,
+    Barrier, Codec, Entry, Geometry, MemoryAttributes as A, PageAllocator, PtError, Reason, Tables, Tlb, TxnError,
 };
 
 const VALID: u64 = 1;
@@ -265,7 +265,10 @@ fn a_break_over_a_pinned_range_fails_before_any_store() {
         .transaction()
         .protect(BLOCK + 0x1000, 0x1000, WB | A::ReadOnly)
         .commit();
-    assert_eq!(result, Err(TxnError::whole(PtError::PinnedRangeBreak)));
+    assert_eq!(
+        result,
+        Err(TxnError::whole(PtError::PinnedRangeBreak).with_detail(Reason::PinnedRangeBreak, BLOCK + 0x10_0000))
+    );
     assert_eq!(table.read_entry(table.root(), 1), before);
     assert_eq!(table.query(BLOCK, 0x20_0000), Ok(WB), "the block is untouched");
     assert!(log(&table).is_empty());
