@@ -405,3 +405,56 @@ fn txn_error_debug_prints_addresses_in_hex() {
          address: Some(0x201000) }"
     );
 }
+
+/// A failed query names the rule and the first failing address (the seed's
+/// `query_memory_region` keeps its code; `query_detail` gives the detail), on both
+/// architectures.
+#[test]
+fn query_detail_names_the_first_failing_page_and_the_rule() {
+    let mut x = x64();
+    x.map_memory_region(0, 4 * KIB4, MA::Writeback).unwrap();
+    x.map_memory_region(2 * KIB4, KIB4, MA::Writeback | MA::ReadOnly)
+        .unwrap();
+    let mut a = a64();
+    a.map_memory_region(0, 4 * KIB4, MA::Writeback).unwrap();
+    a.map_memory_region(2 * KIB4, KIB4, MA::Writeback | MA::ReadOnly)
+        .unwrap();
+    type Query<'a> = Box<dyn Fn(u64, u64) -> (Result<MA, PtError>, Result<MA, TxnError>) + 'a>;
+    let queries: [Query<'_>; 2] = [
+        Box::new(|at, size| (x.query_memory_region(at, size), x.query_detail(at, size))),
+        Box::new(|at, size| (a.query_memory_region(at, size), a.query_detail(at, size))),
+    ];
+    for query in &queries {
+        // Not uniform: the first differing page is named.
+        let (code, detail) = query(0, 4 * KIB4);
+        assert_eq!(code, Err(PtError::NonUniformMemoryAttributes));
+        let detail = detail.unwrap_err();
+        assert_eq!(
+            (detail.reason, detail.address, detail.range),
+            (Reason::AttributesDiffer, Some(2 * KIB4), Some((0, 4 * KIB4)))
+        );
+        assert_eq!(
+            detail.to_string(),
+            "query (0x0, size 0x4000) failed at 0x2000: attributes differ across the range: the attributes here \
+             differ from those at the start of the range"
+        );
+        // A hole after the difference: not mapped wins, as for the code.
+        let (code, detail) = query(0, 6 * KIB4);
+        assert_eq!(code, Err(PtError::NoMapping));
+        let detail = detail.unwrap_err();
+        assert_eq!(
+            (detail.reason, detail.address),
+            (Reason::QueriedNotMapped, Some(4 * KIB4))
+        );
+        assert!(detail
+            .to_string()
+            .ends_with("nothing is mapped there; a query needs the whole range mapped"));
+        // A range error keeps the range checks' reason.
+        let (code, detail) = query(0x1000, 0);
+        assert_eq!(code, Err(PtError::InvalidMemoryRange));
+        assert_eq!(detail.unwrap_err().reason, Reason::EmptyRange);
+        // Uniform: both agree.
+        assert_eq!(query(0, 2 * KIB4).0, Ok(MA::Writeback));
+        assert_eq!(query(0, 2 * KIB4).1, Ok(MA::Writeback));
+    }
+}

@@ -372,6 +372,13 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
             .map_err(crate::familiar_error)
     }
 
+    /// [`query_memory_region`](PageTable::query_memory_region) with the detail of a failure:
+    /// the rule and the first failing address (the first unmapped page, or the first page
+    /// whose attributes differ from those at `address`), with the same codes.
+    pub fn query_detail(&self, address: u64, size: u64) -> Result<MemoryAttributes, TxnError> {
+        self.tables.query_detail(address, size)
+    }
+
     /// Where `va` translates to, with the attributes of its page.
     pub fn translate(&self, va: u64) -> Option<(u64, MemoryAttributes)> {
         self.tables.translate(va)
@@ -456,7 +463,13 @@ impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
     }
 
     fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
-        self.tables.query(address, size)
+        self.tables.query(address, size).inspect_err(|_| {
+            if log::log_enabled!(log::Level::Debug) {
+                if let Err(detail) = self.tables.query_detail(address, size) {
+                    log::debug!("query_memory_region: {detail}");
+                }
+            }
+        })
     }
 
     fn dump_page_tables(&self, address: u64, size: u64) {

@@ -137,6 +137,11 @@ pub enum Reason {
     MissingCacheAttribute,
     /// Unmap and protect need the whole range mapped; nothing is mapped here (`NoMapping`).
     NotMapped,
+    /// A query needs the whole range mapped; nothing is mapped here (`NoMapping`).
+    QueriedNotMapped,
+    /// A query's pages differ: the attributes here are not those at the start of the range
+    /// (`NonUniformMemoryAttributes`).
+    AttributesDiffer,
     /// The commit would break a live entry covering a pinned range (`PinnedRangeBreak`).
     PinnedRangeBreak,
     /// The page allocator failed to give a table page; the code is its error.
@@ -175,7 +180,8 @@ impl Reason {
             Self::UnalignedPhysicalAddress | Self::UnalignedTablePage => PtError::UnalignedPageBase,
             Self::UnknownAttributeBits { .. } | Self::TooManyOps { .. } => PtError::InvalidParameter,
             Self::SeveralCacheAttributes | Self::MissingCacheAttribute => PtError::IncompatibleMemoryAttributes,
-            Self::NotMapped => PtError::NoMapping,
+            Self::NotMapped | Self::QueriedNotMapped => PtError::NoMapping,
+            Self::AttributesDiffer => PtError::NonUniformMemoryAttributes,
             Self::PinnedRangeBreak => PtError::PinnedRangeBreak,
             Self::Reentered => PtError::ReentrantCall,
             Self::Internal => PtError::InternalError,
@@ -226,6 +232,8 @@ impl fmt::Display for Reason {
                  Writeback (or UncachedExport, WriteProtect)",
             ),
             Self::NotMapped => f.write_str("nothing is mapped there; unmap and protect need the whole range mapped"),
+            Self::QueriedNotMapped => f.write_str("nothing is mapped there; a query needs the whole range mapped"),
+            Self::AttributesDiffer => f.write_str("the attributes here differ from those at the start of the range"),
             Self::PinnedRangeBreak => f.write_str("a live entry covering a pinned range would be broken"),
             Self::AllocatorFailed => f.write_str("the page allocator gave no table page"),
             Self::UnalignedTablePage => f.write_str("the page allocator returned a page that is not 4 KiB aligned"),
@@ -240,7 +248,8 @@ impl fmt::Display for Reason {
 /// where it failed, the familiar code, and the rule it broke.
 ///
 /// `op` is `None` when no single op is to blame (an allocation failure, a pinned-range
-/// break, an internal error); `range` is then `None` too.
+/// break, an internal error); `range` is then `None` too. A query's error
+/// (`query_detail`) has no op and the queried range.
 ///
 /// ```
 /// use txpaging_txn::{PtError, Reason, TxnError};
@@ -359,9 +368,11 @@ impl fmt::Debug for TxnError {
 
 impl fmt::Display for TxnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.op {
-            Some(op) => write!(f, "op {op}")?,
-            None => f.write_str("transaction")?,
+        match (self.op, self.range) {
+            (Some(op), _) => write!(f, "op {op}")?,
+            // A range without an op: the error of a query (`query_detail`).
+            (None, Some(_)) => f.write_str("query")?,
+            (None, None) => f.write_str("transaction")?,
         }
         if let Some((address, size)) = self.range {
             write!(f, " ({address:#x}, size {size:#x})")?;

@@ -5,7 +5,7 @@ use core::ops::ControlFlow;
 use crate::allocator::PageAllocator;
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry};
-use crate::error::PtError;
+use crate::error::{Fault, PtError, Reason, TxnError};
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE};
 use crate::hex::Hex;
 use crate::memory::TableMemory;
@@ -68,6 +68,42 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
             (ControlFlow::Break(()), _) | (_, None) => Err(PtError::NoMapping),
             (_, Some(_)) if !uniform => Err(PtError::NonUniformMemoryAttributes),
             (_, Some(attributes)) => Ok(attributes),
+        }
+    }
+
+    /// [`query`](Self::query) with the detail of a failure: the range error's reason, or the
+    /// first unmapped page, or (when every page is mapped) the first page whose attributes
+    /// differ from those at `address`. Same codes as `query`.
+    pub fn query_detail(&self, address: u64, size: u64) -> Result<MemoryAttributes, TxnError> {
+        let error = |fault: Fault| {
+            TxnError::whole(fault.code())
+                .with_range(address, size)
+                .with_detail(fault.reason, fault.address)
+        };
+        let geometry = self.geometry();
+        let (start, end) = geometry.check_range(address, size).map_err(error)?;
+        let mut first: Option<MemoryAttributes> = None;
+        let mut differs: Option<u64> = None;
+        let mut unmapped: Option<u64> = None;
+        let _ = self.visit_leaves(start, end, &mut |va, _, leaf| match leaf {
+            None => {
+                unmapped = Some(va);
+                ControlFlow::Break(())
+            }
+            Some((_, attributes)) => {
+                match first {
+                    None => first = Some(attributes),
+                    Some(at_start) if at_start != attributes && differs.is_none() => differs = Some(va),
+                    Some(_) => {}
+                }
+                ControlFlow::Continue(())
+            }
+        });
+        match (unmapped, differs, first) {
+            (Some(va), _, _) => Err(error(Fault::new(Reason::QueriedNotMapped, geometry.to_canonical(va)))),
+            (None, Some(va), _) => Err(error(Fault::new(Reason::AttributesDiffer, geometry.to_canonical(va)))),
+            (None, None, Some(attributes)) => Ok(attributes),
+            (None, None, None) => Err(error(Fault::new(Reason::QueriedNotMapped, address))),
         }
     }
 
