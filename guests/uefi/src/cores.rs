@@ -380,6 +380,33 @@ pub fn bsp_phase<C: Coherence>(
     failures
 }
 
+/// Before the other cores start: maps the alias every core reads to the first of two buffer
+/// frames the remap rounds alternate between, and fills the page allocator's reserve for
+/// commits made on a core that must not call boot services. Returns the two frames.
+pub fn prepare(table: &mut Table, model: &mut Model, buffer: u64) -> (u64, u64) {
+    let (frame_a, frame_b) = (buffer + 0x18_0000, buffer + 0x19_0000);
+    let attributes = uefi_attr::WB | uefi_attr::XP;
+    table
+        .map_aliased_memory_region(
+            ALIAS,
+            frame_a,
+            PAGE,
+            txpaging::MemoryAttributes::from_bits_retain(attributes),
+        )
+        .unwrap_or_else(|e| crate::fail(&alloc::format!("alias: {e}")));
+    model.push(Change::Map {
+        va: ALIAS,
+        pa: frame_a,
+        size: PAGE,
+        attributes,
+    });
+    table
+        .allocator_mut()
+        .fill_reserve(64)
+        .unwrap_or_else(|e| crate::fail(&alloc::format!("reserve: {e}")));
+    (frame_a, frame_b)
+}
+
 /// Publishes what the secondaries need before they start: the shared table and the buffer.
 pub fn publish(shared: &Shared, buffer: u64) {
     TABLE.store(shared as *const Shared as *mut Shared, Ordering::SeqCst);

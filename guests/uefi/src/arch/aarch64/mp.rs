@@ -19,9 +19,7 @@ use uefi::mem::memory_map::MemoryType;
 use super::cpu;
 use crate::arch::Table;
 use crate::cores::{self, Shared, DONE, JOINED, MAX_CPUS, READY};
-use crate::model::{uefi_attr, Change, Model};
-
-use crate::cores::ALIAS;
+use crate::model::Model;
 
 const PAGE: u64 = 4096;
 const STACK_PAGES: usize = 16;
@@ -179,26 +177,7 @@ fn clean_to_poc(address: u64, size: u64) {
 /// The multi-core phase. Takes the table, shares it, gives it back with the failure count.
 pub fn run(table: Table, model: &mut Model, buffer: u64) -> (Table, usize) {
     let mut table = table;
-    let (frame_a, frame_b) = (buffer + 0x18_0000, buffer + 0x19_0000);
-    let alias = Change::Map {
-        va: ALIAS,
-        pa: frame_a,
-        size: PAGE,
-        attributes: uefi_attr::WB | uefi_attr::XP,
-    };
-    table
-        .map_aliased_memory_region(
-            ALIAS,
-            frame_a,
-            PAGE,
-            txpaging::MemoryAttributes::from_bits_retain(uefi_attr::WB | uefi_attr::XP),
-        )
-        .unwrap_or_else(|e| crate::fail(&alloc::format!("alias: {e}")));
-    model.push(alias);
-    table
-        .allocator_mut()
-        .fill_reserve(64)
-        .unwrap_or_else(|e| crate::fail(&alloc::format!("reserve: {e}")));
+    let (frame_a, frame_b) = cores::prepare(&mut table, model, buffer);
     let (mair, tcr, ttbr0) = match table.install_request() {
         InstallRequest::Aarch64 { mair, tcr, ttbr0 } | InstallRequest::Aarch64El2 { mair, tcr, ttbr0 } => {
             (mair, tcr, ttbr0)

@@ -26,11 +26,7 @@ use uefi::proto::pi::mp::MpServices;
 use super::cpu;
 use crate::arch::Table;
 use crate::cores::{self, Shared, DONE, JOINED, MAX_CPUS, READY};
-use crate::model::{uefi_attr, Change, Model};
-
-use crate::cores::ALIAS;
-
-const PAGE: u64 = 4096;
+use crate::model::Model;
 
 // ---- the shootdown ---------------------------------------------------------------------
 
@@ -187,7 +183,6 @@ impl cores::Coherence for Shootdown {
 /// The multi-core phase. Takes the table, shares it, gives it back with the failure count.
 pub fn run(table: Table, model: &mut Model, buffer: u64) -> (Table, usize) {
     let mut table = table;
-    let (frame_a, frame_b) = (buffer + 0x18_0000, buffer + 0x19_0000);
     let mp = match boot::get_handle_for_protocol::<MpServices>().and_then(boot::open_protocol_exclusive::<MpServices>) {
         Ok(mp) => mp,
         Err(_) => crate::fail("no MP services protocol"),
@@ -198,26 +193,7 @@ pub fn run(table: Table, model: &mut Model, buffer: u64) -> (Table, usize) {
     let aps = (count.enabled - 1).min(MAX_CPUS - 1);
     crate::txp!("MP processors={} enabled={} aps={aps}", count.total, count.enabled);
 
-    // The alias every core reads, and a reserve of table pages for commits made on an AP.
-    let alias = Change::Map {
-        va: ALIAS,
-        pa: frame_a,
-        size: PAGE,
-        attributes: uefi_attr::WB | uefi_attr::XP,
-    };
-    table
-        .map_aliased_memory_region(
-            ALIAS,
-            frame_a,
-            PAGE,
-            txpaging::MemoryAttributes::from_bits_retain(uefi_attr::WB | uefi_attr::XP),
-        )
-        .unwrap_or_else(|e| crate::fail(&alloc::format!("alias: {e}")));
-    model.push(alias);
-    table
-        .allocator_mut()
-        .fill_reserve(64)
-        .unwrap_or_else(|e| crate::fail(&alloc::format!("reserve: {e}")));
+    let (frame_a, frame_b) = cores::prepare(&mut table, model, buffer);
     ROOT.store(table.root(), Ordering::SeqCst);
     APIC_IDS[0].store(cpu::apic_id(), Ordering::SeqCst);
     ACTIVE[0].store(true, Ordering::SeqCst);
