@@ -3,7 +3,7 @@
 //! type differs between the layout in force and txpaging's, and reads the rest exactly.
 
 use txpaging::x64::encoding::{A, D, G, NX, P, PAT_4K, PCD, PS, PWT, RW};
-use txpaging::x64::existing::{ExistingLayout, ExistingTableError};
+use txpaging::x64::existing::{ExistingLayout, ExistingTableError, ExistingTableSummary};
 use txpaging::x64::X64Config;
 use txpaging::{
     MappedRegion, MemoryAttributes as Attr, PageAllocator, PagingType, PtError, RecordingMmu, X64PageTable,
@@ -62,23 +62,34 @@ fn firmware_table(pd_entries: &[(usize, u64)], pt_entries: &[(usize, u64)]) -> (
     (pages, root, pd, pt)
 }
 
-fn adopt(
+type Adopted = (X64PageTable<HostPages, RecordingMmu>, ExistingTableSummary);
+
+/// Adopts the 4-level table at `root` in `pages` under `layout`, with or without 1 GiB pages.
+fn adopt_with(
     pages: HostPages,
     root: u64,
     layout: ExistingLayout,
-) -> Result<X64PageTable<HostPages, RecordingMmu>, ExistingTableError> {
+    one_gib_pages: bool,
+) -> Result<Adopted, ExistingTableError> {
     // SAFETY: every table page lives in `pages`, identity addressed, and nothing else changes it.
     unsafe {
         X64PageTable::from_existing_with_layout(
             root,
             pages,
             PagingType::Paging4Level,
-            X64Config { one_gib_pages: true },
+            X64Config { one_gib_pages },
             RecordingMmu::new(),
             layout,
         )
     }
-    .map(|(table, _)| table)
+}
+
+fn adopt(
+    pages: HostPages,
+    root: u64,
+    layout: ExistingLayout,
+) -> Result<X64PageTable<HostPages, RecordingMmu>, ExistingTableError> {
+    adopt_with(pages, root, layout, true).map(|(table, _)| table)
 }
 
 const MIB2: u64 = 0x20_0000;
@@ -130,18 +141,7 @@ fn firmware_table_under_power_on_pat_reads_exactly() {
 #[test]
 fn summary_counts_tables_leaves_and_global_leaves() {
     let (pages, root, _, _) = firmware_table(&[(0, P | RW | PS | G)], &[(0, MIB2 | P | G), (5, (MIB2 + 0x5000) | P)]);
-    // SAFETY: as in `adopt`.
-    let (_, summary) = unsafe {
-        X64PageTable::from_existing_with_layout(
-            root,
-            pages,
-            PagingType::Paging4Level,
-            X64Config { one_gib_pages: true },
-            RecordingMmu::new(),
-            ExistingLayout::POWER_ON,
-        )
-    }
-    .expect("adopted");
+    let (_, summary) = adopt_with(pages, root, ExistingLayout::POWER_ON, true).expect("adopted");
     assert_eq!((summary.table_pages, summary.leaves, summary.global_leaves), (4, 3, 2));
 }
 
@@ -284,17 +284,7 @@ fn one_gib_page_without_cpu_support_is_reserved() {
     let pdpt = pages.new_table();
     pages.set(root, 0, pdpt | P | RW);
     pages.set(pdpt, 3, 3 << 30 | P | RW | PS);
-    // SAFETY: as in `adopt`.
-    let result = unsafe {
-        X64PageTable::from_existing_with_layout(
-            root,
-            pages,
-            PagingType::Paging4Level,
-            X64Config { one_gib_pages: false },
-            RecordingMmu::new(),
-            ExistingLayout::POWER_ON,
-        )
-    };
+    let result = adopt_with(pages, root, ExistingLayout::POWER_ON, false);
     assert_eq!(
         result.err(),
         Some(ExistingTableError::ReservedBits {
