@@ -570,6 +570,9 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             let start = segment.start.max(table_va);
             let end = segment.end.min(table_end);
             let mut entry_va = start;
+            if matches!(segment.action, Action::Protect) && end - start > PAGE_SIZE {
+                entry_va = self.protect_run(target, view, start, end, segment.attributes, summary, touched);
+            }
             while entry_va < end {
                 let index = Geometry::index(entry_va, 0);
                 let old_raw = self.old_entry(view, index, 0);
@@ -608,6 +611,65 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                 entry_va += PAGE_SIZE;
             }
         }
+    }
+
+    /// The pages of a protect from `start`, while each old entry continues the one before it
+    /// (same attribute bits, next output address): such a page becomes the previous page's
+    /// new entry one page further on, without decoding and encoding it. A leaf is its
+    /// output address ORed with attribute bits on both codecs, and below 2^48 the address
+    /// field (bits 12 and up, at least to bit 47) cannot carry into them. Returns where the
+    /// run stopped: [`update_pages`](Self::update_pages) does the rest, the general way.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn protect_run(
+        &mut self,
+        target: TableRef,
+        view: View,
+        start: u64,
+        end: u64,
+        change: MemoryAttributes,
+        summary: &mut Summary,
+        touched: &mut [u64; ENTRIES_PER_TABLE / 64],
+    ) -> u64 {
+        let index = Geometry::index(start, 0);
+        let mut old_raw = self.old_entry(view, index, 0);
+        let old = C::decode(old_raw, 0);
+        let Entry::Leaf { mut pa, attributes } = old else {
+            return start;
+        };
+        let attributes = attributes.reprotected(change);
+        let slot = Slot::Leaf { pa, attributes };
+        let at = Position {
+            table: target,
+            index,
+            level: 0,
+            va: start,
+        };
+        let mut new_raw = self.replace(at, old_raw, old, slot, None);
+        summary.add(index, slot);
+        touched[index / 64] |= 1 << (index % 64);
+        let mut entry_va = start + PAGE_SIZE;
+        while entry_va < end && pa + PAGE_SIZE < 1 << 48 {
+            let index = Geometry::index(entry_va, 0);
+            let raw = self.old_entry(view, index, 0);
+            if raw != old_raw.wrapping_add(PAGE_SIZE) {
+                break;
+            }
+            (old_raw, new_raw, pa) = (raw, new_raw + PAGE_SIZE, pa + PAGE_SIZE);
+            if new_raw != old_raw {
+                let at = Position {
+                    table: target,
+                    index,
+                    level: 0,
+                    va: entry_va,
+                };
+                self.store(at, old_raw, Value::Raw(new_raw), false);
+            }
+            summary.add(index, Slot::Leaf { pa, attributes });
+            touched[index / 64] |= 1 << (index % 64);
+            entry_va += PAGE_SIZE;
+        }
+        entry_va
     }
 
     /// What `action` (with `attributes`), covering a whole entry of `level` whose old content
@@ -796,7 +858,8 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     /// Replaces entry `index` (old content `old_raw`) by the leaf or invalid `new`.
     /// `checked` carries the segments when every old page must have been mapped.
     #[allow(clippy::too_many_arguments)]
-    fn replace(&mut self, at: Position, old_raw: u64, old: Entry, new: Slot, checked: Option<&[Segment]>) {
+    /// Returns the new raw entry.
+    fn replace(&mut self, at: Position, old_raw: u64, old: Entry, new: Slot, checked: Option<&[Segment]>) -> u64 {
         let new_raw = match new {
             Slot::Leaf { pa, attributes } => C::encode_leaf(pa, attributes, at.level),
             Slot::Invalid | Slot::Table => INVALID_ENTRY,
@@ -809,6 +872,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         } else if new_raw != old_raw {
             self.store(at, old_raw, Value::Raw(new_raw), false);
         }
+        new_raw
     }
 
     /// Frees the subtree at `table` (entries of `level`) that `new` (the entry at `new.0`)
