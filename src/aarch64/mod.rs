@@ -396,6 +396,22 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
         self.tables.unpin_all()
     }
 
+    /// Sets the protection policy later transactions and one-op calls must obey: a
+    /// change whose final state breaks it fails before any store with
+    /// `IncompatibleMemoryAttributes` and [`Reason::PolicyViolation`](crate::Reason).
+    /// [`Policy::off`](crate::Policy::off) (the default) removes it.
+    ///
+    /// ## Errors
+    /// Range errors for a registered code or data range (the policy is then unchanged).
+    pub fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
+        self.tables.set_policy(policy)
+    }
+
+    /// The protection policy (off unless one was set).
+    pub fn policy(&self) -> &crate::Policy {
+        self.tables.policy()
+    }
+
     /// Maps `size` bytes at virtual `va` to physical `pa` (one-op transaction).
     pub fn map_aliased_memory_region(
         &mut self,
