@@ -412,6 +412,14 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
         self.tables.policy()
     }
 
+    /// Walks the whole table and reports W+X pages, executable pages outside the policy's
+    /// code ranges, writable code, a mapped NULL page, executable MMIO, pages whose physical
+    /// address `memory_map` (a UEFI memory map; empty: not checked) does not cover, and the
+    /// mapped bytes per attribute combination. Its `Display` is a report for a bug.
+    pub fn audit(&self, memory_map: &[crate::MemoryMapEntry]) -> crate::Audit {
+        self.tables.audit(memory_map)
+    }
+
     /// Maps `size` bytes at virtual `va` to physical `pa` (one-op transaction).
     pub fn map_aliased_memory_region(
         &mut self,

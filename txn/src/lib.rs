@@ -17,6 +17,7 @@ extern crate alloc;
 mod allocator;
 mod apply;
 mod attributes;
+mod audit;
 mod codec;
 mod error;
 mod fast;
@@ -33,6 +34,7 @@ mod transaction;
 
 pub use allocator::PageAllocator;
 pub use attributes::MemoryAttributes;
+pub use audit::{Audit, AuditRange, MemoryMapEntry};
 pub use codec::{Codec, Entry, INVALID_ENTRY};
 pub use error::{Blame, PtError, Reason, TxnError};
 pub use geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};

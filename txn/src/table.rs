@@ -95,8 +95,8 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
 
     /// Sets the protection [`Policy`] every later transaction and one-op call must obey
     /// (checked over the ranges each one touches; see [`Policy`]). [`Policy::off`] (the
-    /// default) removes it. Pages mapped before are not checked (an audit
-    /// reports them).
+    /// default) removes it. Pages mapped before are not checked:
+    /// [`audit`](Self::audit) reports them.
     ///
     /// ## Errors
     /// Range errors (as for a map) for a registered code or data range; the policy is then
