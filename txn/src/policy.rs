@@ -173,8 +173,21 @@ pub(crate) struct LinearPolicy {
 impl LinearPolicy {
     /// `policy` with its ranges checked and made linear in `geometry`.
     pub(crate) fn new(policy: &Policy, geometry: &Geometry) -> Result<Self, PtError> {
+        // Sorted and merged, so a segment finds the ranges it overlaps by binary search.
         let linear = |ranges: &[(u64, u64)]| -> Result<Vec<(u64, u64)>, PtError> {
-            ranges.iter().map(|&(a, s)| geometry.linear_range(a, s)).collect()
+            let mut linear = ranges
+                .iter()
+                .map(|&(a, s)| geometry.linear_range(a, s))
+                .collect::<Result<Vec<_>, _>>()?;
+            linear.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(linear.len());
+            for (start, end) in linear {
+                match merged.last_mut() {
+                    Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                    _ => merged.push((start, end)),
+                }
+            }
+            Ok(merged)
         };
         Ok(Self {
             rules: policy.rules,
@@ -227,10 +240,11 @@ impl LinearPolicy {
             }
         }
         let mut overlap = |ranges: &[(u64, u64)], rule: Rule| {
-            for &(start, end) in ranges {
-                if start < s.end && s.start < end {
-                    note(rule, start.max(s.start));
-                }
+            // The first range ending after the segment's start: the only one that can hold
+            // the segment's first offending address.
+            let first = ranges.partition_point(|&(_, end)| end <= s.start);
+            if let Some(&(start, _)) = ranges.get(first).filter(|&&(start, _)| start < s.end) {
+                note(rule, start.max(s.start));
             }
         };
         if writable {
