@@ -263,9 +263,44 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
     /// [`MAIR_LAYOUT`]), with an explicit configuration and MMU. For a table someone else
     /// built, see [`from_existing_with_mair`](Self::from_existing_with_mair).
     ///
+    /// The table is checked first by the walk of [`foreign`] under [`MAIR_LAYOUT`] (Arm ARM
+    /// D8.3 descriptor encodings): a table descriptor pointing at a table on its own walk (a
+    /// cycle), a table reached twice, 0b01 at L3 or a block at L0 (reserved), table
+    /// descriptor attributes (bits 63:59), AF = 0, an AttrIndx outside [`MAIR_LAYOUT`], or a
+    /// 1 GiB block where `config` has none fail with the [`PtError`] of the
+    /// [`foreign::ForeignTableError`], whose text is logged with `log::warn!`. Every later
+    /// read and transaction then walks a well-formed tree: it cannot loop, and reads only
+    /// table pages reachable from the root.
+    ///
     /// # Safety
     /// As for [`Aarch64PageTable::from_existing`].
     pub unsafe fn from_existing_with_regime(
+        root: u64,
+        allocator: P,
+        paging_type: PagingType,
+        config: Aarch64Config,
+        mmu: M,
+        regime: R,
+    ) -> Result<Self, PtError> {
+        let checked = geometry(paging_type, config)?;
+        if root % txpaging_txn::PAGE_SIZE == 0 {
+            // SAFETY: forwarded contract; the walk only reads.
+            unsafe { foreign::check_own::<R, P>(root, paging_type, checked.max_leaf_level, &allocator) }.map_err(
+                |error| {
+                    log::warn!("txpaging: from_existing refused the table: {error}");
+                    PtError::from(error)
+                },
+            )?;
+        }
+        // SAFETY: forwarded contract; the table was checked above.
+        unsafe { Self::open_checked(root, allocator, paging_type, config, mmu, regime) }
+    }
+
+    /// Opens the table at `root` without checking it.
+    ///
+    /// # Safety
+    /// As for [`Aarch64PageTable::from_existing`], and the table is well formed (checked).
+    pub(crate) unsafe fn open_checked(
         root: u64,
         allocator: P,
         paging_type: PagingType,

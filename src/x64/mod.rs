@@ -192,6 +192,16 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
 
     /// Opens an existing table with an explicit CPU configuration and MMU.
     ///
+    /// The table is checked first, by the walk of [`existing`] under [`PAT_LAYOUT`]
+    /// (every table page reached once, no reserved bit set in a present entry, SDM Vol. 3A
+    /// 4.5.4, tables 4-14 to 4-20): a cycle, a shared subtree, or reserved bits (such as PS
+    /// in a PML4E, a large page's address bits 20:13, or a 1 GiB page where
+    /// `config` has none) fail with `InvalidParameter`, the detail logged with
+    /// `log::warn!` (use [`from_existing_with_layout`](Self::from_existing_with_layout) for
+    /// the [`existing::ExistingTableError`] itself). Every later read and transaction then
+    /// walks a well-formed tree: it cannot loop, and reads only table pages reachable from
+    /// the root.
+    ///
     /// # Safety
     /// As for [`X64PageTable::from_existing`].
     pub unsafe fn from_existing_with_mmu(
@@ -204,6 +214,12 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
         let geometry = geometry(paging_type, config)?;
         // SAFETY: forwarded contract.
         let tables = unsafe { Tables::from_existing(root, allocator, geometry, mmu)? };
+        // The checked walk of `existing` under this crate's own PAT layout: a hostile or
+        // corrupted table is refused here, so no later walk can loop or misread it.
+        existing::check(&tables, existing::ExistingLayout::OURS).map_err(|error| {
+            log::warn!("txpaging: from_existing refused the table: {error}");
+            PtError::from(error)
+        })?;
         Ok(Self {
             tables,
             paging_type,
