@@ -34,8 +34,16 @@ pub trait TransactionalTable {
     /// ([`Committed::retired`]) for [`release_retired`](Self::release_retired).
     fn commit_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Committed, TxnError>;
 
-    /// Sets the protection policy (see [`X64PageTable::set_policy`]).
-    fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError>;
+    /// Sets the protection policy (see [`X64PageTable::set_policy`]). The default, for
+    /// tables without one, accepts only [`Policy::off`](crate::Policy::off) and refuses any
+    /// other with `InvalidParameter`.
+    fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
+        if policy.is_off() {
+            Ok(())
+        } else {
+            Err(PtError::InvalidParameter)
+        }
+    }
 
     /// Gives retired table pages back to the allocator (once no CPU can walk them).
     fn release_retired(&mut self, retired: Retired);
