@@ -674,6 +674,95 @@ mod w8_floor_entry_stores {
     }
 }
 
+/// The protection policy (W^X, no NULL page, no executable MMIO, registered code and data),
+/// off vs on: W3 (8,192 one-page protects to RO XP) and a firmware-like protection batch
+/// (256 images of 256 KiB in the mapped 64 MiB: header page RO XP, 64 KiB code RO, the rest
+/// XP, each image's code and data registered). The check covers only the touched ranges, so
+/// the rest of the 64 MiB (writable and executable) is never read.
+mod policy {
+    use super::*;
+    use txpaging::Policy;
+
+    const IMAGES: u64 = 256;
+    const IMAGE: u64 = 256 << 10;
+    const CODE: u64 = 64 << 10;
+
+    fn image(index: u64) -> u64 {
+        BASE + index * IMAGE
+    }
+
+    fn batch_ops() -> Vec<Op> {
+        (0..IMAGES)
+            .flat_map(|i| {
+                let base = image(i);
+                [
+                    Op::Protect {
+                        va: base,
+                        size: PAGE_SIZE,
+                        attributes: PROTECT,
+                    },
+                    Op::Protect {
+                        va: base + PAGE_SIZE,
+                        size: CODE,
+                        attributes: A::ReadOnly,
+                    },
+                    Op::Protect {
+                        va: base + PAGE_SIZE + CODE,
+                        size: IMAGE - PAGE_SIZE - CODE,
+                        attributes: A::ExecuteProtect,
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    fn with_policy(on: bool) -> Ours {
+        let mut t = ours_mapped();
+        if on {
+            let mut policy = Policy::strict();
+            for i in 0..IMAGES {
+                policy = policy
+                    .code(image(i) + PAGE_SIZE, CODE)
+                    .data(image(i) + PAGE_SIZE + CODE, IMAGE - PAGE_SIZE - CODE);
+            }
+            t.set_policy(policy).unwrap();
+        }
+        t
+    }
+
+    #[divan::bench(args = [false, true], sample_size = 1)]
+    fn w3_one_op_calls(b: Bencher, policy_on: bool) {
+        b.counter(ItemsCount::new(HALF_PAGES))
+            .with_inputs(|| with_policy(policy_on))
+            .bench_local_refs(ours_protect_pages);
+    }
+
+    #[divan::bench(args = [false, true], sample_size = 1)]
+    fn w3_one_transaction(b: Bencher, policy_on: bool) {
+        b.counter(ItemsCount::new(HALF_PAGES))
+            .with_inputs(|| (with_policy(policy_on), protect_ops()))
+            .bench_local_refs(|(t, ops)| t.transaction().extend(ops.iter().copied()).commit().unwrap());
+    }
+
+    #[divan::bench(args = [false, true], sample_size = 1)]
+    fn firmware_batch_one_transaction(b: Bencher, policy_on: bool) {
+        b.counter(ItemsCount::new(IMAGES * 3))
+            .with_inputs(|| (with_policy(policy_on), batch_ops()))
+            .bench_local_refs(|(t, ops)| t.transaction().extend(ops.iter().copied()).commit().unwrap());
+    }
+
+    #[divan::bench(args = [false, true], sample_size = 1)]
+    fn firmware_batch_one_op_calls(b: Bencher, policy_on: bool) {
+        b.counter(ItemsCount::new(IMAGES * 3))
+            .with_inputs(|| (with_policy(policy_on), batch_ops()))
+            .bench_local_refs(|(t, ops)| {
+                for op in ops.iter() {
+                    t.transaction().push(*op).commit().unwrap();
+                }
+            });
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Counts, printed once
 // ---------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ use std::fmt::Write as _;
 
 use txpaging::x64::X64Codec;
 use txpaging::{
-    CommitReport, MappedRegion, MemoryAttributes as A, Op, PagePool, PageTable, PagingType, Plan, RecordingMmu,
-    X64Config, X64PageTable,
+    CommitReport, MappedRegion, MemoryAttributes as A, MemoryMapEntry, Op, PagePool, PageTable, PagingType, Plan,
+    Policy, RecordingMmu, Rules, X64Config, X64PageTable,
 };
 use txpaging_txn::{Codec, Entry};
 
@@ -290,6 +290,12 @@ fn protection_batch(mat: &[Descriptor], images: &[Image]) -> (Vec<Op>, Vec<(usiz
     (ops, groups)
 }
 
+fn print_indented(text: &str) {
+    for line in text.lines() {
+        println!("     {line}");
+    }
+}
+
 fn print_plan(plan: &Plan) {
     let flush = if plan.full_flush {
         "one full flush (CR3 reload): more than 33 pages change".to_string()
@@ -389,6 +395,20 @@ fn main() {
         STACK_TOP - STACK_SIZE,
         STACK_TOP
     );
+    // The policy the batch must obey, checked before any store: no NULL page, no
+    // executable MMIO, and the MAT's code sections (the ones it makes RO) stay read-only.
+    // (Not W^X: the rest of the memory map stays writable and executable in this demo.)
+    let mut policy = Policy::off().with_rules(Rules::NO_NULL_PAGE | Rules::NO_EXECUTABLE_MMIO);
+    for d in mat
+        .iter()
+        .filter(|d| A::from_bits_truncate(d.attributes).contains(A::ReadOnly))
+    {
+        policy = policy.code(d.start, d.size);
+    }
+    table.set_policy(policy).expect("policy");
+    let memory_map: Vec<MemoryMapEntry> = map.iter().map(|d| (d.start, d.start + d.size, 0)).collect();
+    println!("   audit before the batch (policy: no NULL page, no executable MMIO, MAT code read-only):");
+    print_indented(&table.audit(&memory_map).to_string());
     let regions_before: Vec<MappedRegion> = table.regions().collect();
     let links_before = table_links(&table);
     let pages_before = table.table_pages();
@@ -445,6 +465,11 @@ fn main() {
     println!(
         "   check: plan() changed no table byte; commit did what the plan said; the MMU saw {batch_mmu_ops} TLB operation(s)"
     );
+
+    println!("   audit after the batch:");
+    let audit = table.audit(&memory_map);
+    print_indented(&audit.to_string());
+    assert!(audit.null_page.is_empty() && audit.writable_code.is_empty(), "{audit}");
 
     // Spot checks of the result.
     let runtime = images

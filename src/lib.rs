@@ -70,9 +70,9 @@ pub use service::{MappingService, RequestReport};
 pub use shared::{SharedCommitReport, SharedTable};
 pub use transactional::TransactionalTable;
 pub use txpaging_txn::{
-    Barrier, Blame, Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, Hex, MappedRegion,
-    MemoryAttributes, Op, PageAllocator, Plan, PlannedRange, PtError, Reason, Regions, Retired, Tables, Tlb,
-    Transaction, TxnError, PAGE_SIZE,
+    Audit, AuditRange, Barrier, Blame, Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, Hex,
+    MappedRegion, MemoryAttributes, MemoryMapEntry, Op, PageAllocator, Plan, PlannedRange, Policy, PtError, Reason,
+    Regions, Retired, Rule, Rules, Tables, Tlb, Transaction, TxnError, PAGE_SIZE,
 };
 pub use x64::{X64Config, X64PageTable};
 

@@ -257,6 +257,16 @@ impl<T: TransactionalTable, H> SharedTable<T, H> {
         self.exclusive(|inner| f(&mut inner.table))
     }
 
+    /// Sets the protection policy every later commit (and every request of a
+    /// [`MappingService`](crate::MappingService) running on this handle) must obey.
+    ///
+    /// ## Errors
+    /// Range errors for a registered range, or [`PtError::ReentrantCall`] from inside a
+    /// section of this table.
+    pub fn set_policy(&self, policy: crate::Policy) -> Result<(), PtError> {
+        self.exclusive(|inner| inner.table.set_policy(policy))?
+    }
+
     /// Successful commits made through [`commit`](SharedTable::commit) so far.
     ///
     /// ## Errors

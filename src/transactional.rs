@@ -34,6 +34,17 @@ pub trait TransactionalTable {
     /// ([`Committed::retired`]) for [`release_retired`](Self::release_retired).
     fn commit_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Committed, TxnError>;
 
+    /// Sets the protection policy (see [`X64PageTable::set_policy`]). The default, for
+    /// tables without one, accepts only [`Policy::off`](crate::Policy::off) and refuses any
+    /// other with `InvalidParameter`.
+    fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
+        if policy.is_off() {
+            Ok(())
+        } else {
+            Err(PtError::InvalidParameter)
+        }
+    }
+
     /// Gives retired table pages back to the allocator (once no CPU can walk them).
     fn release_retired(&mut self, retired: Retired);
 
@@ -59,6 +70,10 @@ impl<P: PageAllocator, M: Mmu> TransactionalTable for X64PageTable<P, M> {
         self.release(retired)
     }
 
+    fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
+        self.set_policy(policy)
+    }
+
     fn query(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
         self.query_memory_region(address, size)
     }
@@ -81,6 +96,10 @@ impl<P: PageAllocator, M: Mmu, R: crate::aarch64::Regime> TransactionalTable for
 
     fn release_retired(&mut self, retired: Retired) {
         self.release(retired)
+    }
+
+    fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
+        self.set_policy(policy)
     }
 
     fn query(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {

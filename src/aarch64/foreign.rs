@@ -251,6 +251,9 @@ struct Walker<'a, R: Regime, P: PageAllocator> {
     mair: u64,
     limit: usize,
     adopt: Option<AdoptRules>,
+    /// The table is txpaging's own (opened with `from_existing`): software bits 55 and 56
+    /// carry txpaging's meanings and are accepted.
+    own: bool,
     /// Table pages read so far (the root included), and, for adoption, which.
     pages: usize,
     seen: Vec<u64>,
@@ -294,7 +297,7 @@ impl<R: Regime, P: PageAllocator> Walker<'_, R, P> {
         const VALID: u64 = 1;
         const TYPE: u64 = 2;
         if raw & VALID == 0 {
-            if self.adopt.is_some() && raw & SW_READ_PROTECTED != 0 {
+            if self.adopt.is_some() && !self.own && raw & SW_READ_PROTECTED != 0 {
                 return Err(Self::descriptor(
                     va,
                     level,
@@ -396,7 +399,7 @@ impl<R: Regime, P: PageAllocator> Walker<'_, R, P> {
                     ours,
                 });
             }
-            if raw & (SW_READ_PROTECTED | SW_XN_FORCED) != 0 {
+            if !self.own && raw & (SW_READ_PROTECTED | SW_XN_FORCED) != 0 {
                 return Err(Self::descriptor(
                     va,
                     level,
@@ -453,6 +456,7 @@ unsafe fn checked_walk<R: Regime, P: PageAllocator>(
     allocator: &P,
     max_table_pages: usize,
     adopt: Option<AdoptRules>,
+    own: bool,
 ) -> Result<Vec<MappedRegion>, ForeignTableError> {
     let geometry = geometry(paging_type, Aarch64Config::default()).map_err(ForeignTableError::Unsupported)?;
     if root % txpaging_txn::PAGE_SIZE != 0 {
@@ -463,6 +467,7 @@ unsafe fn checked_walk<R: Regime, P: PageAllocator>(
         mair,
         limit: max_table_pages,
         adopt,
+        own,
         pages: 0,
         seen: Vec::new(),
         path: Vec::new(),
@@ -499,7 +504,7 @@ pub unsafe fn existing_regions<R: Regime, P: PageAllocator>(
 ) -> Result<Vec<MappedRegion>, ForeignTableError> {
     let _ = regime;
     // SAFETY: forwarded contract.
-    unsafe { checked_walk::<R, P>(root, paging_type, mair, allocator, max_table_pages, None) }
+    unsafe { checked_walk::<R, P>(root, paging_type, mair, allocator, max_table_pages, None, false) }
 }
 
 impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
@@ -540,10 +545,41 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
                 &allocator,
                 DEFAULT_MAX_TABLE_PAGES,
                 Some(rules),
+                false,
             )?
         };
         // SAFETY: forwarded contract; the walk checked the table is well formed for txpaging.
-        unsafe { Self::from_existing_with_regime(root, allocator, paging_type, config, mmu, regime) }
+        unsafe { Self::open_checked(root, allocator, paging_type, config, mmu, regime) }
             .map_err(ForeignTableError::Unsupported)
     }
+}
+
+/// The checked walk of a table txpaging built (opened with `from_existing`): the adoption
+/// rules under [`MAIR_LAYOUT`], with txpaging's software bits 55 and 56 accepted. A cycle
+/// (`TableLoop`), a table reached twice (`SharedTable`), a reserved encoding (0b01 at L3, a
+/// block at L0; Arm ARM D8.3), table descriptor attributes, AF = 0, an AttrIndx outside
+/// txpaging's MAIR, or a 1 GiB block the configuration does not allow are refused.
+///
+/// # Safety
+/// As for [`existing_regions`].
+pub(crate) unsafe fn check_own<R: Regime, P: PageAllocator>(
+    root: u64,
+    paging_type: PagingType,
+    max_leaf_level: u8,
+    allocator: &P,
+) -> Result<(), ForeignTableError> {
+    let rules = AdoptRules { max_leaf_level };
+    // SAFETY: forwarded contract.
+    unsafe {
+        checked_walk::<R, P>(
+            root,
+            paging_type,
+            MAIR_LAYOUT,
+            allocator,
+            DEFAULT_MAX_TABLE_PAGES,
+            Some(rules),
+            true,
+        )
+    }
+    .map(|_| ())
 }

@@ -263,9 +263,44 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
     /// [`MAIR_LAYOUT`]), with an explicit configuration and MMU. For a table someone else
     /// built, see [`from_existing_with_mair`](Self::from_existing_with_mair).
     ///
+    /// The table is checked first by the walk of [`foreign`] under [`MAIR_LAYOUT`] (Arm ARM
+    /// D8.3 descriptor encodings): a table descriptor pointing at a table on its own walk (a
+    /// cycle), a table reached twice, 0b01 at L3 or a block at L0 (reserved), table
+    /// descriptor attributes (bits 63:59), AF = 0, an AttrIndx outside [`MAIR_LAYOUT`], or a
+    /// 1 GiB block where `config` has none fail with the [`PtError`] of the
+    /// [`foreign::ForeignTableError`], whose text is logged with `log::warn!`. Every later
+    /// read and transaction then walks a well-formed tree: it cannot loop, and reads only
+    /// table pages reachable from the root.
+    ///
     /// # Safety
     /// As for [`Aarch64PageTable::from_existing`].
     pub unsafe fn from_existing_with_regime(
+        root: u64,
+        allocator: P,
+        paging_type: PagingType,
+        config: Aarch64Config,
+        mmu: M,
+        regime: R,
+    ) -> Result<Self, PtError> {
+        let checked = geometry(paging_type, config)?;
+        if root % txpaging_txn::PAGE_SIZE == 0 {
+            // SAFETY: forwarded contract; the walk only reads.
+            unsafe { foreign::check_own::<R, P>(root, paging_type, checked.max_leaf_level, &allocator) }.map_err(
+                |error| {
+                    log::warn!("txpaging: from_existing refused the table: {error}");
+                    PtError::from(error)
+                },
+            )?;
+        }
+        // SAFETY: forwarded contract; the table was checked above.
+        unsafe { Self::open_checked(root, allocator, paging_type, config, mmu, regime) }
+    }
+
+    /// Opens the table at `root` without checking it.
+    ///
+    /// # Safety
+    /// As for [`Aarch64PageTable::from_existing`], and the table is well formed (checked).
+    pub(crate) unsafe fn open_checked(
         root: u64,
         allocator: P,
         paging_type: PagingType,
@@ -394,6 +429,30 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
     /// Removes every pinned range.
     pub fn unpin_all(&mut self) {
         self.tables.unpin_all()
+    }
+
+    /// Sets the protection policy later transactions and one-op calls must obey: a
+    /// change whose final state breaks it fails before any store with
+    /// `IncompatibleMemoryAttributes` and [`Reason::PolicyViolation`](crate::Reason).
+    /// [`Policy::off`](crate::Policy::off) (the default) removes it.
+    ///
+    /// ## Errors
+    /// Range errors for a registered code or data range (the policy is then unchanged).
+    pub fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
+        self.tables.set_policy(policy)
+    }
+
+    /// The protection policy (off unless one was set).
+    pub fn policy(&self) -> &crate::Policy {
+        self.tables.policy()
+    }
+
+    /// Walks the whole table and reports W+X pages, executable pages outside the policy's
+    /// code ranges, writable code, a mapped NULL page, executable MMIO, pages whose physical
+    /// address `memory_map` (a UEFI memory map; empty: not checked) does not cover, and the
+    /// mapped bytes per attribute combination. Its `Display` is a report for a bug.
+    pub fn audit(&self, memory_map: &[crate::MemoryMapEntry]) -> crate::Audit {
+        self.tables.audit(memory_map)
     }
 
     /// Maps `size` bytes at virtual `va` to physical `pa` (one-op transaction).

@@ -251,11 +251,15 @@ pub(crate) fn check<P: PageAllocator, T: Tlb>(
 }
 
 impl ExistingLayout {
+    /// This crate's own layout: IA32_PAT = [`PAT_LAYOUT`], 52 physical address bits (what
+    /// an entry holds). A table checked under it is read exactly as it was written.
+    pub const OURS: Self = Self {
+        pat: PAT_LAYOUT,
+        max_phys_bits: 52,
+    };
+
     const fn ours() -> Self {
-        Self {
-            pat: PAT_LAYOUT,
-            max_phys_bits: 52,
-        }
+        Self::OURS
     }
 }
 

@@ -192,6 +192,16 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
 
     /// Opens an existing table with an explicit CPU configuration and MMU.
     ///
+    /// The table is checked first, by the walk of [`existing`] under [`PAT_LAYOUT`]
+    /// (every table page reached once, no reserved bit set in a present entry, SDM Vol. 3A
+    /// 4.5.4, tables 4-14 to 4-20): a cycle, a shared subtree, or reserved bits (such as PS
+    /// in a PML4E, a large page's address bits 20:13, or a 1 GiB page where
+    /// `config` has none) fail with `InvalidParameter`, the detail logged with
+    /// `log::warn!` (use [`from_existing_with_layout`](Self::from_existing_with_layout) for
+    /// the [`existing::ExistingTableError`] itself). Every later read and transaction then
+    /// walks a well-formed tree: it cannot loop, and reads only table pages reachable from
+    /// the root.
+    ///
     /// # Safety
     /// As for [`X64PageTable::from_existing`].
     pub unsafe fn from_existing_with_mmu(
@@ -204,6 +214,12 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
         let geometry = geometry(paging_type, config)?;
         // SAFETY: forwarded contract.
         let tables = unsafe { Tables::from_existing(root, allocator, geometry, mmu)? };
+        // The checked walk of `existing` under this crate's own PAT layout: a hostile or
+        // corrupted table is refused here, so no later walk can loop or misread it.
+        existing::check(&tables, existing::ExistingLayout::OURS).map_err(|error| {
+            log::warn!("txpaging: from_existing refused the table: {error}");
+            PtError::from(error)
+        })?;
         Ok(Self {
             tables,
             paging_type,
@@ -333,6 +349,30 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
     /// can still walk them.
     pub fn release(&mut self, retired: Retired) {
         self.tables.release(retired)
+    }
+
+    /// Sets the protection policy later transactions and one-op calls must obey: a
+    /// change whose final state breaks it fails before any store with
+    /// `IncompatibleMemoryAttributes` and [`Reason::PolicyViolation`](crate::Reason).
+    /// [`Policy::off`](crate::Policy::off) (the default) removes it.
+    ///
+    /// ## Errors
+    /// Range errors for a registered code or data range (the policy is then unchanged).
+    pub fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
+        self.tables.set_policy(policy)
+    }
+
+    /// The protection policy (off unless one was set).
+    pub fn policy(&self) -> &crate::Policy {
+        self.tables.policy()
+    }
+
+    /// Walks the whole table and reports W+X pages, executable pages outside the policy's
+    /// code ranges, writable code, a mapped NULL page, executable MMIO, pages whose physical
+    /// address `memory_map` (a UEFI memory map; empty: not checked) does not cover, and the
+    /// mapped bytes per attribute combination. Its `Display` is a report for a bug.
+    pub fn audit(&self, memory_map: &[crate::MemoryMapEntry]) -> crate::Audit {
+        self.tables.audit(memory_map)
     }
 
     /// Maps `size` bytes at virtual `va` to physical `pa` (one-op transaction).

@@ -157,6 +157,12 @@ pub enum Reason {
         /// Most ops one request may hold.
         max: usize,
     },
+    /// The final state breaks a rule of the table's [`Policy`](crate::Policy)
+    /// (`IncompatibleMemoryAttributes`: the attributes asked for are not allowed there).
+    PolicyViolation {
+        /// The rule.
+        rule: crate::policy::Rule,
+    },
     /// An internal invariant broke: a bug in this crate (`InternalError`).
     Internal,
 }
@@ -179,7 +185,9 @@ impl Reason {
             Self::AddressOverflow | Self::PhysicalOverflow => PtError::AdditionOverflow,
             Self::UnalignedPhysicalAddress | Self::UnalignedTablePage => PtError::UnalignedPageBase,
             Self::UnknownAttributeBits { .. } | Self::TooManyOps { .. } => PtError::InvalidParameter,
-            Self::SeveralCacheAttributes | Self::MissingCacheAttribute => PtError::IncompatibleMemoryAttributes,
+            Self::SeveralCacheAttributes | Self::MissingCacheAttribute | Self::PolicyViolation { .. } => {
+                PtError::IncompatibleMemoryAttributes
+            }
             Self::NotMapped | Self::QueriedNotMapped => PtError::NoMapping,
             Self::AttributesDiffer => PtError::NonUniformMemoryAttributes,
             Self::PinnedRangeBreak => PtError::PinnedRangeBreak,
@@ -239,6 +247,7 @@ impl fmt::Display for Reason {
             Self::UnalignedTablePage => f.write_str("the page allocator returned a page that is not 4 KiB aligned"),
             Self::Reentered => f.write_str("the table was entered again during an operation on it"),
             Self::TooManyOps { ops, max } => write!(f, "{ops} ops in one request; at most {max} are accepted"),
+            Self::PolicyViolation { rule } => write!(f, "the protection policy forbids it: {rule}"),
             Self::Internal => f.write_str("an internal invariant broke (a bug in txpaging)"),
         }
     }

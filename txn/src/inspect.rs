@@ -159,9 +159,23 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         Ok(())
     }
 
+    /// The first linear address in `start..end` mapped `Uncached` or `UncachedExport`.
+    pub(crate) fn first_mmio(&self, start: u64, end: u64) -> Option<u64> {
+        let mmio = MemoryAttributes::Uncached | MemoryAttributes::UncachedExport;
+        let mut found = None;
+        let _ = self.visit_leaves(start, end, &mut |piece, _, leaf| match leaf {
+            Some((_, attributes)) if attributes.intersects(mmio) => {
+                found = Some(piece);
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        });
+        found
+    }
+
     /// Calls `f(linear_start, linear_end, leaf)` for each piece of `start..end`, with
     /// `leaf` the (pa of the piece's start, attributes), or `None` where unmapped.
-    fn visit_leaves(
+    pub(crate) fn visit_leaves(
         &self,
         start: u64,
         end: u64,

@@ -6,6 +6,7 @@ use crate::codec::{Codec, Entry};
 use crate::error::PtError;
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
+use crate::policy::{LinearPolicy, Policy};
 use crate::tlb::Tlb;
 use crate::transaction::Transaction;
 
@@ -25,6 +26,8 @@ pub struct Tables<C: Codec, P: PageAllocator, T: Tlb> {
     walk_hint: core::cell::Cell<Option<(u64, u64)>>,
     /// The error of the last failed [`commit_op`](Self::commit_op).
     last_error: Option<crate::error::TxnError>,
+    /// The protection policy, as set and in linear addresses; `None` when off.
+    policy: Option<alloc::boxed::Box<(Policy, LinearPolicy)>>,
     _codec: core::marker::PhantomData<C>,
 }
 
@@ -59,6 +62,7 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
             pinned: smallvec::SmallVec::new(),
             walk_hint: core::cell::Cell::new(None),
             last_error: None,
+            policy: None,
             _codec: core::marker::PhantomData,
         }
     }
@@ -87,6 +91,58 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
     /// Removes every pinned range.
     pub fn unpin_all(&mut self) {
         self.pinned.clear();
+    }
+
+    /// Sets the protection [`Policy`] every later transaction and one-op call must obey
+    /// (checked over the ranges each one touches; see [`Policy`]). [`Policy::off`] (the
+    /// default) removes it. Pages mapped before are not checked:
+    /// [`audit`](Self::audit) reports them.
+    ///
+    /// ## Errors
+    /// Range errors (as for a map) for a registered code or data range; the policy is then
+    /// unchanged.
+    pub fn set_policy(&mut self, policy: Policy) -> Result<(), PtError> {
+        if policy.is_off() {
+            self.policy = None;
+            return Ok(());
+        }
+        let linear = LinearPolicy::new(&policy, &self.geometry)?;
+        self.policy = Some(alloc::boxed::Box::new((policy, linear)));
+        Ok(())
+    }
+
+    /// The protection policy ([`Policy::off`] unless one was set).
+    pub fn policy(&self) -> &Policy {
+        static OFF: Policy = Policy::off();
+        match &self.policy {
+            Some(policy) => &policy.0,
+            None => &OFF,
+        }
+    }
+
+    /// The policy in linear addresses, if one is set.
+    pub(crate) fn linear_policy(&self) -> Option<&LinearPolicy> {
+        self.policy.as_deref().map(|(_, linear)| linear)
+    }
+
+    /// Whether the one-op fast paths may commit `op`: no policy is set, or `op` is valid
+    /// and its final state obeys the policy. Otherwise the planner commits it and reports
+    /// the error.
+    #[inline]
+    pub(crate) fn policy_allows_fast(&self, op: &crate::transaction::Op) -> bool {
+        let Some(policy) = self.linear_policy() else {
+            return true;
+        };
+        let Ok((start, end, change)) = crate::transaction::check_op::<C>(&self.geometry, op) else {
+            return false;
+        };
+        let mut overlay = crate::overlay::Overlay::default();
+        if overlay.fold(0, start, end, change).is_err() {
+            return false;
+        }
+        policy
+            .first_violation(overlay.segments(), &mut |s, e| self.first_mmio(s, e))
+            .is_none()
     }
 
     /// The last-level table of the 2 MiB span starting at linear `span`, if the fast path
@@ -153,8 +209,10 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         &mut self,
         op: crate::transaction::Op,
     ) -> Result<crate::transaction::CommitReport, crate::error::TxnError> {
-        if let Some(report) = crate::fast::try_commit_report(self, &op) {
-            return Ok(report);
+        if self.policy_allows_fast(&op) {
+            if let Some(report) = crate::fast::try_commit_report(self, &op) {
+                return Ok(report);
+            }
         }
         let result = self.commit_op_slow(op);
         if let Err(error) = result {
@@ -175,7 +233,11 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         &mut self,
         op: crate::transaction::Op,
     ) -> Result<crate::transaction::CommitReport, crate::error::TxnError> {
-        let committed = match crate::fast::try_structural(self, &op) {
+        let structural = match self.policy_allows_fast(&op) {
+            true => crate::fast::try_structural(self, &op),
+            false => None,
+        };
+        let committed = match structural {
             Some(result) => result?,
             None => {
                 let mut transaction = Transaction::new(self);

@@ -368,6 +368,7 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
         let overlay = self.fold()?;
         let geometry = self.table.geometry();
         let walk = self.dry_run(&overlay)?;
+        self.check_policy(&overlay)?;
         let ranges = overlay
             .segments()
             .iter()
@@ -417,6 +418,9 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
 
     fn commit_queued(&mut self) -> Result<Committed, TxnError> {
         if let [op] = self.ops[..] {
+            if !self.table.policy_allows_fast(&op) {
+                return self.commit_planned();
+            }
             if let Some(committed) = crate::fast::try_commit(self.table, &op) {
                 return Ok(committed);
             }
@@ -434,6 +438,7 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
         let mut walk = Walk::<C, P>::new(table.allocator(), table.geometry(), table.is_live(), table.pinned());
         walk.run(self.table.root(), &overlay);
         walk_result(&walk, &self.ops)?;
+        self.check_policy(&overlay)?;
         let plan = walk.plan;
         // The plan may link, unlink or free tables: the fast path's walk hint goes first.
         self.table.forget_walk_hint();
@@ -518,6 +523,35 @@ impl<'t, C: Codec, P: PageAllocator, T: Tlb> Transaction<'t, C, P, T> {
             }) if op == index => self.table.geometry().to_linear(address),
             _ => None,
         }
+    }
+
+    /// Checks the final state of `overlay` (valid against the table) against the table's
+    /// policy: the error blames the last op covering the first offending address.
+    fn check_policy(&self, overlay: &Overlay) -> Result<(), TxnError> {
+        let table = &*self.table;
+        let Some(policy) = table.linear_policy() else {
+            return Ok(());
+        };
+        let Some((rule, linear)) = policy.first_violation(overlay.segments(), &mut |s, e| table.first_mmio(s, e))
+        else {
+            return Ok(());
+        };
+        let geometry = table.geometry();
+        let index = self.ops.iter().rposition(|op| {
+            geometry
+                .check_range(op.va(), op.size())
+                .is_ok_and(|(start, end)| start <= linear && linear < end)
+        });
+        let reason = Reason::PolicyViolation { rule };
+        let mut error = match index {
+            Some(index) => {
+                let op = &self.ops[index];
+                TxnError::at(index, PtError::IncompatibleMemoryAttributes).with_range(op.va(), op.size())
+            }
+            None => TxnError::whole(PtError::IncompatibleMemoryAttributes),
+        };
+        error = error.with_detail(reason, geometry.to_canonical(linear));
+        Err(error)
     }
 
     /// Plans `overlay` without changing anything.
