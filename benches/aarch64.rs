@@ -5,7 +5,7 @@
 //! Same set-up as `benches/x64.rs`: every table takes its pages from a pre-faulted
 //! [`PagePool`] (PA == host address). `aarch64-paging`'s `IdMap` allocates from the global
 //! heap (`IdTranslation::allocate_table` -> `alloc_zeroed`), so it runs here as the same
-//! `Mapping` with a [`Translation`] over the pool ([`PoolTranslation`]): identical code
+//! `Mapping` with a `Translation` over the pool (`common::PoolTranslation`): identical code
 //! paths, only the allocator differs. Benchmarks that change a table get a fresh one per
 //! iteration (`with_inputs`). Items are 4 KiB pages (or requests).
 //!
@@ -18,21 +18,19 @@
 mod common;
 
 use std::cell::Cell;
-use std::ptr::NonNull;
 use std::rc::Rc;
 
 use aarch64_paging::descriptor::{El1Attributes as E, PhysicalAddress};
-use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion, PageTable as ApTable, Translation, VaRange};
+use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion, VaRange};
 use aarch64_paging::Mapping;
 use common::{
-    pool, random_pages, reachable_tables, shared_pool, CountingMmu, Floor, PageCount, PatinaPool, SharedPool, Snapshot,
-    BASE, HALF_PAGES, IDENTITY_SIZE, QUERIES, RANGE, RANGE_PAGES,
+    pool, random_pages, reachable_tables, shared_pool, CountingMmu, Floor, PageCount, PatinaPool, PoolTranslation,
+    SharedPool, Snapshot, BASE, HALF_PAGES, IDENTITY_SIZE, QUERIES, RANGE, RANGE_PAGES,
 };
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
 use txpaging::{
-    Aarch64Config, Aarch64PageTable, MemoryAttributes as A, Op, PageAllocator, PagePool, PageTable, PagingType,
-    PAGE_SIZE,
+    Aarch64Config, Aarch64PageTable, MemoryAttributes as A, Op, PagePool, PageTable, PagingType, PAGE_SIZE,
 };
 
 fn main() {
@@ -58,35 +56,6 @@ fn ours(pages: usize) -> Ours {
         CountingMmu::default(),
     )
     .expect("our table")
-}
-
-/// `aarch64-paging`'s `Translation` over a [`PagePool`] (PA == host address): what its
-/// `IdTranslation` does, with the pool instead of the global heap. New tables are zeroed
-/// with one `write_bytes`, as `alloc_zeroed` would.
-struct PoolTranslation(SharedPool);
-
-impl Translation<E> for PoolTranslation {
-    fn allocate_table(&mut self) -> (NonNull<ApTable<E>>, PhysicalAddress) {
-        let mut pool = self.0.borrow_mut();
-        let pa = pool
-            .allocate_page(PAGE_SIZE, PAGE_SIZE)
-            .expect("aarch64-paging table page");
-        let pointer = pool.physical_to_pointer(pa);
-        // SAFETY: `pointer` is a fresh 4 KiB page of the pool's arena.
-        unsafe { pointer.write_bytes(0, PAGE_SIZE as usize) };
-        (
-            NonNull::new(pointer.cast()).expect("pool page"),
-            PhysicalAddress(pa as usize),
-        )
-    }
-
-    unsafe fn deallocate_table(&mut self, table: NonNull<ApTable<E>>) {
-        self.0.borrow_mut().free_page(table.as_ptr() as u64, PAGE_SIZE);
-    }
-
-    fn physical_to_virtual(&self, pa: PhysicalAddress) -> NonNull<ApTable<E>> {
-        NonNull::new(pa.0 as *mut ApTable<E>).expect("table at PA 0")
-    }
 }
 
 /// An `aarch64-paging` EL1&0 TTBR0 mapping with root level 0 (4 levels, 48-bit VA).

@@ -31,18 +31,17 @@
 mod common;
 
 use std::cell::Cell;
-use std::ptr::NonNull;
 use std::rc::Rc;
 
 use aarch64_paging::descriptor::{El1Attributes as E, PhysicalAddress};
-use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion, PageTable as ApTable, Translation, VaRange};
+use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion, VaRange};
 use aarch64_paging::Mapping;
-use common::{pool, shared_pool, CountingMmu, PatinaPool, SharedPool, GIB};
+use common::{pool, shared_pool, CountingMmu, PatinaPool, PoolTranslation, SharedPool, GIB};
 use divan::counter::ItemsCount;
 use divan::Bencher;
 use txpaging::{
-    Aarch64Config, Aarch64PageTable, MemoryAttributes as A, Op, PageAllocator, PagePool, PageTable, PagingType,
-    X64Config, X64PageTable, PAGE_SIZE,
+    Aarch64Config, Aarch64PageTable, MemoryAttributes as A, Op, PagePool, PageTable, PagingType, X64Config,
+    X64PageTable, PAGE_SIZE,
 };
 
 fn main() {
@@ -338,33 +337,6 @@ mod aarch64 {
             CountingMmu::default(),
         )
         .expect("our table")
-    }
-
-    /// `aarch64-paging`'s `Mapping` over a [`common::PagePool`] (as in `benches/aarch64.rs`).
-    pub struct PoolTranslation(SharedPool);
-
-    impl Translation<E> for PoolTranslation {
-        fn allocate_table(&mut self) -> (NonNull<ApTable<E>>, PhysicalAddress) {
-            let mut pool = self.0.borrow_mut();
-            let pa = pool
-                .allocate_page(PAGE_SIZE, PAGE_SIZE)
-                .expect("aarch64-paging table page");
-            let pointer = pool.physical_to_pointer(pa);
-            // SAFETY: a fresh page of the pool's arena, 4 KiB long, used by nothing else.
-            unsafe { pointer.write_bytes(0, PAGE_SIZE as usize) };
-            (
-                NonNull::new(pointer.cast()).expect("pool page"),
-                PhysicalAddress(pa as usize),
-            )
-        }
-
-        unsafe fn deallocate_table(&mut self, table: NonNull<ApTable<E>>) {
-            self.0.borrow_mut().free_page(table.as_ptr() as u64, PAGE_SIZE);
-        }
-
-        fn physical_to_virtual(&self, pa: PhysicalAddress) -> NonNull<ApTable<E>> {
-            NonNull::new(pa.0 as *mut ApTable<E>).expect("table at PA 0")
-        }
     }
 
     pub struct Ap {

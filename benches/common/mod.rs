@@ -137,6 +137,46 @@ pub fn shared_pool(pages: usize) -> SharedPool {
     Rc::new(RefCell::new(pool(pages)))
 }
 
+/// `aarch64-paging`'s `Translation` over a [`PagePool`] (PA == host address): what its
+/// `IdTranslation` does, with the pool instead of the global heap. New tables are zeroed
+/// with one `write_bytes`, as `alloc_zeroed` would.
+pub struct PoolTranslation(pub SharedPool);
+
+impl aarch64_paging::paging::Translation<aarch64_paging::descriptor::El1Attributes> for PoolTranslation {
+    fn allocate_table(
+        &mut self,
+    ) -> (
+        core::ptr::NonNull<aarch64_paging::paging::PageTable<aarch64_paging::descriptor::El1Attributes>>,
+        aarch64_paging::descriptor::PhysicalAddress,
+    ) {
+        let mut pool = self.0.borrow_mut();
+        let pa = pool
+            .allocate_page(PAGE_SIZE, PAGE_SIZE)
+            .expect("aarch64-paging table page");
+        let pointer = pool.physical_to_pointer(pa);
+        // SAFETY: `pointer` is a fresh 4 KiB page of the pool's arena, used by nothing else.
+        unsafe { pointer.write_bytes(0, PAGE_SIZE as usize) };
+        (
+            core::ptr::NonNull::new(pointer.cast()).expect("pool page"),
+            aarch64_paging::descriptor::PhysicalAddress(pa as usize),
+        )
+    }
+
+    unsafe fn deallocate_table(
+        &mut self,
+        table: core::ptr::NonNull<aarch64_paging::paging::PageTable<aarch64_paging::descriptor::El1Attributes>>,
+    ) {
+        self.0.borrow_mut().free_page(table.as_ptr() as u64, PAGE_SIZE);
+    }
+
+    fn physical_to_virtual(
+        &self,
+        pa: aarch64_paging::descriptor::PhysicalAddress,
+    ) -> core::ptr::NonNull<aarch64_paging::paging::PageTable<aarch64_paging::descriptor::El1Attributes>> {
+        core::ptr::NonNull::new(pa.0 as *mut _).expect("table at PA 0")
+    }
+}
+
 /// `patina_paging`'s allocator (`allocate_page(align, size, is_root)`) over a [`PagePool`].
 /// patina_paging reaches table memory at PA == host address, which is what
 /// [`PagePool::new`] hands out. It never frees table pages.
