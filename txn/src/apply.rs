@@ -2,6 +2,8 @@
 //! invalidation batch, give back the freed tables. Nothing here can fail: every page was
 //! allocated before the first store.
 
+use core::sync::atomic::Ordering;
+
 use smallvec::SmallVec;
 
 use crate::allocator::PageAllocator;
@@ -38,11 +40,21 @@ pub(crate) fn apply<C: Codec, P: PageAllocator>(
         TableRef::New(number) => pages[number as usize],
     };
     let write = |store: &Store| {
-        let value = match store.value {
-            Value::Raw(raw) => raw,
-            Value::NewTable { table, level } => C::encode_table(pages[table as usize], level),
-        };
-        memory.write(resolve(store.table), usize::from(store.index), value);
+        let table = resolve(store.table);
+        let index = usize::from(store.index);
+        match store.value {
+            Value::Raw(raw) if store.count == 1 => memory.write(table, index, raw),
+            Value::Raw(first) => {
+                let mut value = first;
+                for entry in &memory.entries(table)[index..index + usize::from(store.count)] {
+                    entry.store(value, Ordering::Relaxed);
+                    value = value.wrapping_add(store.step);
+                }
+            }
+            Value::NewTable { table: new, level } => {
+                memory.write(table, index, C::encode_table(pages[new as usize], level));
+            }
+        }
     };
     // New tables are unreachable until a store links them, so they can be filled first.
     for (table, &page) in plan.new_tables.iter().zip(pages) {

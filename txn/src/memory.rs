@@ -43,6 +43,18 @@ impl<'a, P: PageAllocator> TableMemory<'a, P> {
     }
 
     /// Fills a table page that no walker can reach yet with `entry(i)` for each index.
+    /// The 512 entries of the table at `table`, for loops that read many of them: one
+    /// address translation instead of one per entry.
+    #[inline]
+    pub(crate) fn entries(&self, table: u64) -> &'a [AtomicU64; ENTRIES_PER_TABLE] {
+        let base = self.allocator.physical_to_pointer(table);
+        // SAFETY: the allocator gives a pointer to the page-aligned, 4 KiB table page at
+        // `table` (`PageAllocator::physical_to_pointer`), live as long as the allocator
+        // borrow `'a`; 512 atomic 64-bit entries fill exactly that page, and every access
+        // to table memory goes through atomics (see `slot`).
+        unsafe { &*base.cast::<[AtomicU64; ENTRIES_PER_TABLE]>() }
+    }
+
     pub(crate) fn fill(&self, table: u64, mut entry: impl FnMut(usize) -> u64) {
         let base = self.allocator.physical_to_pointer(table).cast::<u64>();
         for index in 0..ENTRIES_PER_TABLE {

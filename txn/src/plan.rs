@@ -18,6 +18,8 @@
 //! After descending, a table that became empty is dropped, and a table whose 512 entries
 //! became one contiguous, aligned, uniform leaf is replaced by that leaf (merge).
 
+use core::sync::atomic::Ordering;
+
 use smallvec::SmallVec;
 
 use crate::allocator::PageAllocator;
@@ -28,6 +30,18 @@ use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
 use crate::overlay::{Action, Overlay, Segment};
 use crate::tlb::FlushBatch;
+
+/// Below this output address, stepping a leaf's raw value by its entry size steps its
+/// output address and leaves its attribute bits alone (X64 and AArch64 leaves: the address
+/// field reaches at least bit 47, the attribute bits sit above bit 51 or below bit 12).
+const RAW_ADDRESS_LIMIT: u64 = 1 << 48;
+
+/// Marks entries `first..first + count` of a table as touched.
+fn mark_touched(touched: &mut [u64; ENTRIES_PER_TABLE / 64], first: usize, count: usize) {
+    for index in first..first + count {
+        touched[index / 64] |= 1 << (index % 64);
+    }
+}
 
 /// What a plan counts: the stores, new tables and freed tables of the commit it describes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -207,13 +221,20 @@ pub(crate) enum Value {
     NewTable { table: u32, level: u8 },
 }
 
-/// One planned 64-bit store.
+/// A planned run of 64-bit stores into consecutive entries of one table: entry
+/// `index + i` (for `i < count`) gets `value + i * step`. A run of leaves mapping
+/// consecutive output addresses has the entry size as `step`; one store has `count` 1.
+/// Recording runs keeps a plan's size proportional to the tables it touches, not to the
+/// entries it writes (a map of 184 GiB in 4 KiB pages is some 94,000 runs).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Store {
     pub(crate) table: TableRef,
     pub(crate) index: u16,
+    pub(crate) count: u16,
     pub(crate) value: Value,
+    pub(crate) step: u64,
     /// The entry is live and the change needs break-before-make: store invalid first.
+    /// Such a store is never part of a longer run.
     pub(crate) breaks: bool,
 }
 
@@ -320,6 +341,8 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
 
     /// Plans `overlay` over the table rooted at `root`.
     pub(crate) fn run(&mut self, root: u64, overlay: &Overlay) {
+        // Most segments of a batch change at least one entry each.
+        self.plan.stores.reserve(overlay.segments().len());
         for &(start, end, op) in overlay.deferred_checks() {
             if let Some(hole) = self.first_unmapped(root, self.geometry.top_level(), 0, start, end) {
                 self.not_mapped(op, hole);
@@ -377,41 +400,79 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     /// Plans storing `value` at `at`, whose content is `old` at that point, and records the
     /// invalidation it needs (none if `keeps_translations`: a split linking a table that
     /// holds the leaf's translations). Returns whether the store breaks the entry first.
+    #[inline(always)]
     fn store(&mut self, at: Position, old: u64, value: Value, keeps_translations: bool) -> bool {
-        let index = self.plan.stores.len();
-        self.plan.stores.push(Store {
-            table: at.table,
-            index: at.index as u16,
-            value,
-            breaks: false,
-        });
-        self.finish_store(index, at, old, keeps_translations)
+        let breaks = self.classify(at, old, value, keeps_translations);
+        self.push_store(at.table, at.index, value, 1, 0, breaks);
+        breaks
     }
 
-    /// Plans a store at `at` whose value is decided later by [`finish_store`](Self::finish_store);
-    /// it keeps its place in the order of stores.
+    /// Records the run of `count` stores from `at.index`, `value + i * step`, joining it to
+    /// the last recorded run when it continues it (same table, next entry, same step).
+    #[inline(always)]
+    fn push_store(&mut self, table: TableRef, index: usize, value: Value, count: usize, step: u64, breaks: bool) {
+        if let (false, Value::Raw(raw), Some(last)) = (breaks, value, self.plan.stores.last_mut()) {
+            if let (false, Value::Raw(first)) = (last.breaks, last.value) {
+                if last.table == table && usize::from(last.index) + usize::from(last.count) == index {
+                    let run_step = if last.count == 1 {
+                        raw.wrapping_sub(first)
+                    } else {
+                        last.step
+                    };
+                    let next = first.wrapping_add(u64::from(last.count).wrapping_mul(run_step));
+                    if raw == next && (count == 1 || step == run_step) {
+                        last.step = run_step;
+                        last.count += count as u16;
+                        return;
+                    }
+                }
+            }
+        }
+        self.plan.stores.push(Store {
+            table,
+            index: index as u16,
+            count: count as u16,
+            value,
+            step,
+            breaks,
+        });
+    }
+
+    /// Plans a store at `at` whose value is decided later by
+    /// [`finish_reserved`](Self::finish_reserved); it keeps its place in the order of
+    /// stores. Until then it holds a table pointer to no table, which no run joins.
     fn reserve_store(&mut self, at: Position) -> usize {
         self.plan.stores.push(Store {
             table: at.table,
             index: at.index as u16,
-            value: Value::Raw(INVALID_ENTRY),
+            count: 1,
+            value: Value::NewTable {
+                table: u32::MAX,
+                level: at.level,
+            },
+            step: 0,
             breaks: false,
         });
         self.plan.stores.len() - 1
     }
 
-    /// Classifies planned store `index` (at `at`, over `old`): counts it, decides whether it
+    /// Decides the store reserved as `index` (at `at`, over `old`): `value`.
+    fn finish_reserved(&mut self, index: usize, at: Position, old: u64, value: Value, keeps_translations: bool) {
+        self.plan.stores[index].value = value;
+        self.plan.stores[index].breaks = self.classify(at, old, value, keeps_translations);
+    }
+
+    /// Classifies a store of `value` at `at`, over `old`: counts it, decides whether it
     /// breaks the entry and records its invalidation.
-    fn finish_store(&mut self, index: usize, at: Position, old: u64, keeps_translations: bool) -> bool {
+    fn classify(&mut self, at: Position, old: u64, value: Value, keeps_translations: bool) -> bool {
         self.plan.counts.entries_written += 1;
-        let new = match self.plan.stores[index].value {
+        let new = match value {
             Value::Raw(raw) => raw,
             // The address is not known yet; any table pointer classifies the same way.
             Value::NewTable { level, .. } => C::encode_table(0, level),
         };
         let va = self.geometry.to_canonical(at.va);
         if self.is_break(at, old, new) {
-            self.plan.stores[index].breaks = true;
             self.plan.counts.breaks += 1;
             let size = Geometry::entry_size(at.level);
             if self
@@ -437,6 +498,66 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         false
     }
 
+    /// Plans storing one page (level 0) `new` over `old` at `at`, when they differ: what
+    /// [`store`](Self::store) does, without its break checks when the commit has no
+    /// break-before-make phases (no store can break then).
+    #[inline]
+    fn store_page(&mut self, at: Position, old: u64, new: u64) {
+        if self.plan.phased {
+            self.store(at, old, Value::Raw(new), false);
+            return;
+        }
+        self.plan.counts.entries_written += 1;
+        self.push_store(at.table, at.index, Value::Raw(new), 1, 0, false);
+        if C::is_live(old) {
+            let va = self.geometry.to_canonical(at.va);
+            self.plan.flush.record(va, C::invalidation_pages(old, 0));
+        }
+    }
+
+    /// Plans the run of `count` stores from `at`: entry `i` goes from `old + i * old_step`
+    /// to `new + i * new_step`. Every entry of the run must have the same attribute bits
+    /// before and the same after (so one classification holds for all), and either every
+    /// entry changes or none does. Same stores, counts, breaks and invalidations as `count`
+    /// calls of [`store`](Self::store).
+    fn store_run(&mut self, at: Position, (old, old_step): (u64, u64), (new, new_step): (u64, u64), count: usize) {
+        if count == 0 || (old == new && old_step == new_step) {
+            return;
+        }
+        let size = Geometry::entry_size(at.level);
+        if self.is_break(at, old, new) {
+            for i in 0..count as u64 {
+                let entry = Position {
+                    index: at.index + i as usize,
+                    va: at.va + i * size,
+                    ..at
+                };
+                let value = Value::Raw(new.wrapping_add(i * new_step));
+                self.store(entry, old.wrapping_add(i * old_step), value, false);
+            }
+            return;
+        }
+        self.plan.counts.entries_written += count;
+        self.push_store(at.table, at.index, Value::Raw(new), count, new_step, false);
+        let unreachable = self.plan.phased && matches!(at.table, TableRef::New(_));
+        if !C::is_live(old) || unreachable {
+            return;
+        }
+        let pages = C::invalidation_pages(old, at.level);
+        if at.level == 0 {
+            // One range: consecutive pages are consecutive invalidations.
+            self.plan
+                .flush
+                .record(self.geometry.to_canonical(at.va), count as u64 * pages);
+        } else {
+            for i in 0..count as u64 {
+                self.plan
+                    .flush
+                    .record(self.geometry.to_canonical(at.va + i * size), pages);
+            }
+        }
+    }
+
     /// Plans a new table filled with `view`'s entries (of `level`).
     fn new_table(&mut self, view: View, level: u8) -> TableRef {
         self.plan.counts.tables_allocated += 1;
@@ -450,10 +571,26 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         self.plan.freed.push(table);
     }
 
+    #[inline]
     fn old_entry(&self, view: View, index: usize, level: u8) -> u64 {
         match view {
             View::Memory(table) => self.memory.read(table, index),
             other => view_entry::<C>(other, index, level),
+        }
+    }
+
+    /// Whether entry `index + 1` (of `level`) of the table `view` holds continues entry
+    /// `index` as a leaf run would: its raw value is one entry size further on. Callers
+    /// check that `index + 1` is inside the table.
+    #[inline(always)]
+    fn continues(&self, view: View, index: usize, level: u8) -> bool {
+        match view {
+            View::Memory(table) => {
+                let size = Geometry::entry_size(level);
+                self.memory.read(table, index + 1) == self.memory.read(table, index).wrapping_add(size)
+            }
+            View::Split { .. } => true,
+            View::Empty => false,
         }
     }
 
@@ -512,6 +649,28 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
             while last < segments.len() && segments[last].start < entry_end {
                 last += 1;
             }
+            // A protect covering this entry and the next ones alone: a run of leaves.
+            if last - first == 1 && matches!(segment.action, Action::Protect) && segment.start <= entry_va {
+                let covered_end = entry_va + (segment.end.min(table_end) - entry_va) / size * size;
+                if covered_end - entry_va >= 2 * size && self.continues(view, index, level) {
+                    let range = (entry_va, covered_end);
+                    let next = self.protect_run(
+                        target,
+                        view,
+                        level,
+                        range,
+                        segment.attributes,
+                        &mut summary,
+                        &mut touched,
+                    );
+                    if next > entry_va {
+                        lowest = lowest.min(index);
+                        highest = Geometry::index(next - size, level);
+                        position = next;
+                        continue;
+                    }
+                }
+            }
             let slot = self.update_entry(target, view, level, index, entry_va, &segments[first..last]);
             summary.add(index, slot);
             touched[index / 64] |= 1 << (index % 64);
@@ -569,21 +728,27 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         for segment in segments {
             let start = segment.start.max(table_va);
             let end = segment.end.min(table_end);
-            let mut entry_va = start;
-            if matches!(segment.action, Action::Protect) && end - start > PAGE_SIZE {
-                entry_va = self.protect_run(target, view, start, end, segment.attributes, summary, touched);
+            if let Action::Map { pa } = segment.action {
+                let pa = pa + (start - segment.start);
+                self.map_pages(target, view, (start, end), pa, segment.attributes, summary, touched);
+                continue;
             }
+            let mut entry_va = start;
             while entry_va < end {
                 let index = Geometry::index(entry_va, 0);
+                if matches!(segment.action, Action::Protect)
+                    && end - entry_va >= 2 * PAGE_SIZE
+                    && self.continues(view, index, 0)
+                {
+                    let next = self.protect_run(target, view, 0, (entry_va, end), segment.attributes, summary, touched);
+                    if next > entry_va {
+                        entry_va = next;
+                        continue;
+                    }
+                }
                 let old_raw = self.old_entry(view, index, 0);
                 let old = C::decode(old_raw, 0);
-                let action = match segment.action {
-                    Action::Map { pa } => Action::Map {
-                        pa: pa + (entry_va - segment.start),
-                    },
-                    other => other,
-                };
-                let slot = match self.cover_effect(action, segment.attributes, old, 0) {
+                let slot = match self.cover_effect(segment.action, segment.attributes, old, 0) {
                     Covered::Becomes(new) => {
                         let at = Position {
                             table: target,
@@ -613,63 +778,134 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         }
     }
 
-    /// The pages of a protect from `start`, while each old entry continues the one before it
-    /// (same attribute bits, next output address): such a page becomes the previous page's
-    /// new entry one page further on, without decoding and encoding it. A leaf is its
-    /// output address ORed with attribute bits on both codecs, and below 2^48 the address
-    /// field (bits 12 and up, at least to bit 47) cannot carry into them. Returns where the
-    /// run stopped: [`update_pages`](Self::update_pages) does the rest, the general way.
+    /// The pages `start..end` of a last-level table mapped to `pa..` with `attributes`.
+    /// Leaves of consecutive output addresses differ by one page in their raw value (a
+    /// leaf is its output address ORed with attribute bits on both codecs, and below 2^48
+    /// the address field cannot carry into them), so the new entries are computed, not
+    /// encoded; a new table's pages become one recorded run without reading anything.
+    #[allow(clippy::too_many_arguments)]
+    fn map_pages(
+        &mut self,
+        target: TableRef,
+        view: View,
+        (start, end): (u64, u64),
+        pa: u64,
+        attributes: MemoryAttributes,
+        summary: &mut Summary,
+        touched: &mut [u64; ENTRIES_PER_TABLE / 64],
+    ) {
+        let first = Geometry::index(start, 0);
+        let count = ((end - start) / PAGE_SIZE) as usize;
+        // Every page continues the first: one contiguous mapping, one summary entry.
+        summary.add(first, Slot::Leaf { pa, attributes });
+        mark_touched(touched, first, count);
+        let at = Position {
+            table: target,
+            index: first,
+            level: 0,
+            va: start,
+        };
+        let new = C::encode_leaf(pa, attributes, 0);
+        let computed = pa + (count as u64) * PAGE_SIZE <= RAW_ADDRESS_LIMIT;
+        match view {
+            View::Empty if computed => self.store_run(at, (INVALID_ENTRY, 0), (new, PAGE_SIZE), count),
+            View::Split { pa: split_pa, .. }
+                if computed && split_pa + ENTRIES_PER_TABLE as u64 * PAGE_SIZE <= RAW_ADDRESS_LIMIT =>
+            {
+                let old = view_entry::<C>(view, first, 0);
+                self.store_run(at, (old, PAGE_SIZE), (new, PAGE_SIZE), count);
+            }
+            _ => {
+                let entries = match view {
+                    View::Memory(table) => Some(self.memory.entries(table)),
+                    _ => None,
+                };
+                for page in 0..count {
+                    let index = first + page;
+                    let old = match entries {
+                        Some(entries) => entries[index].load(Ordering::Relaxed),
+                        None => view_entry::<C>(view, index, 0),
+                    };
+                    let offset = page as u64 * PAGE_SIZE;
+                    let raw = match computed {
+                        true => new + offset,
+                        false => C::encode_leaf(pa + offset, attributes, 0),
+                    };
+                    if raw != old {
+                        let at = Position {
+                            index,
+                            va: start + offset,
+                            ..at
+                        };
+                        self.store_page(at, old, raw);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The leaves of `level` from `start`, up to `end` (entry-aligned), that a protect with
+    /// `change` covers, while each old entry continues the one before it (same attribute
+    /// bits, next output address): they are one run, whose new entries continue the first
+    /// new entry the same way, with one decode and one encode for the whole run (see
+    /// [`map_pages`](Self::map_pages) for why raw values may be stepped). Returns where the
+    /// run stopped: `start` if the first entry is not a leaf or the second does not continue
+    /// it (then the general entry loop is cheaper).
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn protect_run(
         &mut self,
         target: TableRef,
         view: View,
-        start: u64,
-        end: u64,
+        level: u8,
+        (start, end): (u64, u64),
         change: MemoryAttributes,
         summary: &mut Summary,
         touched: &mut [u64; ENTRIES_PER_TABLE / 64],
     ) -> u64 {
-        let index = Geometry::index(start, 0);
-        let mut old_raw = self.old_entry(view, index, 0);
-        let old = C::decode(old_raw, 0);
-        let Entry::Leaf { mut pa, attributes } = old else {
+        let size = Geometry::entry_size(level);
+        let first = Geometry::index(start, level);
+        if end - start < 2 * size || !self.continues(view, first, level) {
+            return start;
+        }
+        let old = self.old_entry(view, first, level);
+        let Entry::Leaf { pa, attributes } = C::decode(old, level) else {
             return start;
         };
         let attributes = attributes.reprotected(change);
-        let slot = Slot::Leaf { pa, attributes };
+        let new = C::encode_leaf(pa, attributes, level);
+        // Stepping raw values stays below the address limit (see `RAW_ADDRESS_LIMIT`).
+        let most = (((end - start) / size) as usize).min((RAW_ADDRESS_LIMIT.saturating_sub(pa) / size) as usize);
+        if most < 2 {
+            return start;
+        }
+        let count = match view {
+            View::Memory(table) => {
+                let entries = &self.memory.entries(table)[first..first + most];
+                let mut expected = old.wrapping_add(size);
+                let mut count = 2;
+                while count < most {
+                    expected = expected.wrapping_add(size);
+                    if entries[count].load(Ordering::Relaxed) != expected {
+                        break;
+                    }
+                    count += 1;
+                }
+                count
+            }
+            // A split's entries all continue each other.
+            View::Split { .. } | View::Empty => most,
+        };
         let at = Position {
             table: target,
-            index,
-            level: 0,
+            index: first,
+            level,
             va: start,
         };
-        let mut new_raw = self.replace(at, old_raw, old, slot, None);
-        summary.add(index, slot);
-        touched[index / 64] |= 1 << (index % 64);
-        let mut entry_va = start + PAGE_SIZE;
-        while entry_va < end && pa + PAGE_SIZE < 1 << 48 {
-            let index = Geometry::index(entry_va, 0);
-            let raw = self.old_entry(view, index, 0);
-            if raw != old_raw.wrapping_add(PAGE_SIZE) {
-                break;
-            }
-            (old_raw, new_raw, pa) = (raw, new_raw + PAGE_SIZE, pa + PAGE_SIZE);
-            if new_raw != old_raw {
-                let at = Position {
-                    table: target,
-                    index,
-                    level: 0,
-                    va: entry_va,
-                };
-                self.store(at, old_raw, Value::Raw(new_raw), false);
-            }
-            summary.add(index, Slot::Leaf { pa, attributes });
-            touched[index / 64] |= 1 << (index % 64);
-            entry_va += PAGE_SIZE;
-        }
-        entry_va
+        self.store_run(at, (old, size), (new, size), count);
+        summary.add(first, Slot::Leaf { pa, attributes });
+        mark_touched(touched, first, count);
+        start + count as u64 * size
     }
 
     /// What `action` (with `attributes`), covering a whole entry of `level` whose old content
@@ -782,7 +1018,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     /// dropped, and their invalidations, which the change of its parent entry covers.
     fn roll_back(&mut self, mark: Mark) {
         for store in self.plan.stores.drain(mark.stores..) {
-            self.plan.counts.entries_written -= 1;
+            self.plan.counts.entries_written -= usize::from(store.count);
             self.plan.counts.breaks -= usize::from(store.breaks);
         }
         self.plan.flush.roll_back(mark.flush);
@@ -815,8 +1051,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                     // changes no address (SDM 4.10.2.3: never change a page's size and its
                     // translation in one store); its entries change after it is linked.
                     Link::Reserved(store) => {
-                        self.plan.stores[store].value = Self::table_pointer(child, at.level);
-                        self.finish_store(store, at, old_raw, true);
+                        self.finish_reserved(store, at, old_raw, Self::table_pointer(child, at.level), true);
                     }
                     Link::Linked => {}
                 }
@@ -839,8 +1074,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         match link {
             Link::Reserved(store) => {
                 // The split turned out uniform again: one store of the final leaf.
-                self.plan.stores[store].value = Value::Raw(raw);
-                self.finish_store(store, at, old_raw, false);
+                self.finish_reserved(store, at, old_raw, Value::Raw(raw), false);
             }
             // Dropping the table pointer also drops paging-structure caches (SDM 4.10.4.1).
             Link::Linked => {
@@ -859,6 +1093,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     /// `checked` carries the segments when every old page must have been mapped.
     #[allow(clippy::too_many_arguments)]
     /// Returns the new raw entry.
+    #[inline(always)]
     fn replace(&mut self, at: Position, old_raw: u64, old: Entry, new: Slot, checked: Option<&[Segment]>) -> u64 {
         let new_raw = match new {
             Slot::Leaf { pa, attributes } => C::encode_leaf(pa, attributes, at.level),
