@@ -61,7 +61,7 @@ pub mod mmu;
 pub mod pool;
 pub mod service;
 pub mod shared;
-mod table;
+pub mod table;
 pub mod transactional;
 pub mod x64;
 
