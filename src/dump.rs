@@ -7,7 +7,7 @@ use core::fmt::{self, Write};
 use txpaging_txn::{Codec, Geometry, PageAllocator, PtError, Tables, Tlb};
 
 /// How one architecture's entries are laid out in a dump.
-pub(crate) struct DumpFormat {
+pub struct DumpFormat {
     /// Name of each level, leaf level first.
     pub level_names: &'static [&'static str],
     /// Column legend lines, aligned with the bit columns of a row.

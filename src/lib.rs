@@ -55,19 +55,23 @@
 extern crate alloc;
 
 pub mod aarch64;
+pub mod arch;
 mod dump;
 pub mod mmu;
 pub mod pool;
 pub mod service;
 pub mod shared;
+pub mod table;
 pub mod transactional;
 pub mod x64;
 
 pub use aarch64::{AArch64PageTable, Aarch64Config, Aarch64PageTable};
+pub use arch::Arch;
 pub use mmu::{InstallRequest, Mmu, MmuOp, RecordingMmu};
 pub use pool::PagePool;
 pub use service::{MappingService, RequestReport};
 pub use shared::{SharedCommitReport, SharedTable};
+pub use table::PagingTable;
 pub use transactional::TransactionalTable;
 pub use txpaging_txn::{
     Audit, AuditRange, Barrier, Blame, Codec, CommitReport, Committed, Entry, FinalState, FlushBatch, Geometry, Hex,

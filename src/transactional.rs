@@ -6,25 +6,28 @@ use core::fmt;
 
 use txpaging_txn::{Committed, MemoryAttributes, Op, PageAllocator, Plan, PtError, Retired, TxnError};
 
-use crate::aarch64::Aarch64PageTable;
+use crate::arch::Arch;
 use crate::mmu::Mmu;
-use crate::x64::X64PageTable;
+use crate::table::PagingTable;
 use crate::PageTable;
 
 /// A page table whose changes are transactions of [`Op`]s.
 ///
-/// Implemented by [`X64PageTable`] and [`Aarch64PageTable`]; a new architecture gets the
-/// shared handle and the mapping service by implementing these few methods on top of the
-/// engine's `Transaction` (`extend` + `plan` / `commit_retiring`).
+/// Implemented by [`PagingTable`] for every [`Arch`] ([`X64PageTable`](crate::X64PageTable),
+/// [`Aarch64PageTable`](crate::Aarch64PageTable), ...): a new architecture gets the shared
+/// handle and the mapping service with its `Arch` impl. Other tables (for example one that
+/// picks its regime at run time) implement these few methods on top of the engine's
+/// `Transaction` (`extend` + `plan` / `commit_retiring`).
 pub trait TransactionalTable {
     /// Whether the invalidations a commit issues already reach every CPU, and are complete,
     /// when the commit returns. Then no shootdown is needed and retired table pages can go
     /// back to the allocator at once.
     ///
-    /// X64: `false` (INVLPG and CR3 reloads act on the issuing CPU only; other CPUs need an
-    /// IPI shootdown, SDM 4.10.5). AArch64: `true` (`TLBI VAE1IS` / `VMALLE1IS` reach every
-    /// CPU of the Inner Shareable domain, Arm ARM TLBI register descriptions, and the commit
-    /// of a live table waits for them with `DSB ISH`).
+    /// For a [`PagingTable`], its architecture's [`Arch::BROADCAST_INVALIDATION`]. X64:
+    /// `false` (INVLPG and CR3 reloads act on the issuing CPU only; other CPUs need an IPI
+    /// shootdown, SDM 4.10.5). AArch64: `true` (`TLBI VAE1IS` / `VMALLE1IS` reach every CPU
+    /// of the Inner Shareable domain, Arm ARM TLBI register descriptions, and the commit of a
+    /// live table waits for them with `DSB ISH`).
     const BROADCAST_INVALIDATION: bool;
 
     /// Dry run of `ops` as one transaction: what a commit would do, or its error.
@@ -34,7 +37,7 @@ pub trait TransactionalTable {
     /// ([`Committed::retired`]) for [`release_retired`](Self::release_retired).
     fn commit_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Committed, TxnError>;
 
-    /// Sets the protection policy (see [`X64PageTable::set_policy`]). The default, for
+    /// Sets the protection policy (see [`PagingTable::set_policy`]). The default, for
     /// tables without one, accepts only [`Policy::off`](crate::Policy::off) and refuses any
     /// other with `InvalidParameter`.
     fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
@@ -55,8 +58,8 @@ pub trait TransactionalTable {
     fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError>;
 }
 
-impl<P: PageAllocator, M: Mmu> TransactionalTable for X64PageTable<P, M> {
-    const BROADCAST_INVALIDATION: bool = false;
+impl<A: Arch, P: PageAllocator, M: Mmu> TransactionalTable for PagingTable<A, P, M> {
+    const BROADCAST_INVALIDATION: bool = A::BROADCAST_INVALIDATION;
 
     fn plan_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Plan, TxnError> {
         self.transaction().extend(ops).plan()
@@ -79,34 +82,6 @@ impl<P: PageAllocator, M: Mmu> TransactionalTable for X64PageTable<P, M> {
     }
 
     fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError> {
-        X64PageTable::dump_to(self, out, address, size)
-    }
-}
-
-impl<P: PageAllocator, M: Mmu, R: crate::aarch64::Regime> TransactionalTable for Aarch64PageTable<P, M, R> {
-    const BROADCAST_INVALIDATION: bool = true;
-
-    fn plan_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Plan, TxnError> {
-        self.transaction().extend(ops).plan()
-    }
-
-    fn commit_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<Committed, TxnError> {
-        self.transaction().extend(ops).commit_retiring()
-    }
-
-    fn release_retired(&mut self, retired: Retired) {
-        self.release(retired)
-    }
-
-    fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
-        self.set_policy(policy)
-    }
-
-    fn query(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
-        self.query_memory_region(address, size)
-    }
-
-    fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError> {
-        Aarch64PageTable::dump_to(self, out, address, size)
+        PagingTable::dump_to(self, out, address, size)
     }
 }

@@ -47,7 +47,8 @@ use txpaging_txn::{read_table_entry, Geometry, MappedRegion, MemoryAttributes, P
 
 use super::encoding::{output_address_mask, ADDRESS, AF, AP_READ_ONLY, MAIR_LAYOUT, SW_READ_PROTECTED, SW_XN_FORCED};
 use super::regime::Regime;
-use super::{geometry, Aarch64Config, Aarch64PageTable};
+use super::{Aarch64, Aarch64Config, Aarch64PageTable};
+use crate::arch::Arch;
 use crate::mmu::Mmu;
 use crate::PagingType;
 
@@ -458,7 +459,8 @@ unsafe fn checked_walk<R: Regime, P: PageAllocator>(
     adopt: Option<AdoptRules>,
     own: bool,
 ) -> Result<Vec<MappedRegion>, ForeignTableError> {
-    let geometry = geometry(paging_type, Aarch64Config::default()).map_err(ForeignTableError::Unsupported)?;
+    let geometry =
+        Aarch64::<R>::geometry(paging_type, Aarch64Config::default()).map_err(ForeignTableError::Unsupported)?;
     if root % txpaging_txn::PAGE_SIZE != 0 {
         return Err(ForeignTableError::UnalignedRoot { root });
     }
@@ -532,7 +534,7 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
         regime: R,
         mair: u64,
     ) -> Result<Self, ForeignTableError> {
-        let geometry = geometry(paging_type, config).map_err(ForeignTableError::Unsupported)?;
+        let geometry = Aarch64::<R>::geometry(paging_type, config).map_err(ForeignTableError::Unsupported)?;
         let rules = AdoptRules {
             max_leaf_level: geometry.max_leaf_level,
         };
@@ -548,9 +550,9 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
                 false,
             )?
         };
+        let _ = regime;
         // SAFETY: forwarded contract; the walk checked the table is well formed for txpaging.
-        unsafe { Self::open_checked(root, allocator, paging_type, config, mmu, regime) }
-            .map_err(ForeignTableError::Unsupported)
+        unsafe { Self::open(root, allocator, paging_type, config, mmu) }.map_err(ForeignTableError::Unsupported)
     }
 }
 

@@ -42,12 +42,9 @@ pub mod foreign;
 mod instructions;
 pub mod regime;
 
-use core::fmt;
+use core::marker::PhantomData;
 
-use txpaging_txn::{
-    Geometry, MappedRegion, MemoryAttributes, Op, PageAllocator, PtError, Regions, Retired, Tables, Transaction,
-    TxnError,
-};
+use txpaging_txn::{Geometry, MemoryAttributes, PageAllocator, PtError};
 
 pub use encoding::{tcr_el1, Aarch64Codec, MAIR_LAYOUT, PA_BITS, PA_RANGE_48};
 pub use foreign::ForeignTableError;
@@ -55,8 +52,10 @@ pub use foreign::ForeignTableError;
 pub use instructions::{Aarch64Mmu, CurrentTranslation};
 pub use regime::{tcr_el2, El1, El2, ExceptionLevel, Regime};
 
-use crate::dump::{self, DumpFormat};
+use crate::arch::{sealed, Arch};
+use crate::dump::DumpFormat;
 use crate::mmu::{InstallRequest, Mmu};
+use crate::table::PagingTable;
 use crate::{PageTable, PagingType};
 
 /// The MMU used by [`Aarch64PageTable::new`]: the real one on bare-metal and UEFI targets,
@@ -113,25 +112,84 @@ impl Default for Aarch64Config {
     }
 }
 
-/// The geometry of `paging_type`: 4 levels = 48-bit VA, 3 levels = 39-bit VA; TTBR0
-/// addresses have all bits above the VA size clear (no sign extension).
-fn geometry(paging_type: PagingType, config: Aarch64Config) -> Result<Geometry, PtError> {
-    let levels = match paging_type {
-        PagingType::Paging3Level => 3,
-        PagingType::Paging4Level => 4,
-        PagingType::Paging5Level => return Err(PtError::UnsupportedPagingType),
-    };
-    Ok(Geometry {
-        levels,
-        max_leaf_level: if config.one_gib_blocks { 2 } else { 1 },
-        sign_extended: false,
-        pa_bits: PA_BITS,
-    })
+/// The AArch64 architecture of a [`PagingTable`], in translation regime `R` ([`El1`], the
+/// default, or [`El2`]): VMSAv8-64 stage 1 tables with the 4 KiB granule, walked through
+/// TTBR0_ELx, encoded by [`Aarch64Codec<R>`](Aarch64Codec). Name the tables
+/// [`Aarch64PageTable`] (EL1&0) and [`Aarch64El2PageTable`] (EL2); a new regime is a new `R`.
+///
+/// # Installing
+///
+/// [`PageTable::install_page_table`] hands the MMU the regime's
+/// [`InstallRequest`]: MAIR_ELx = [`MAIR_LAYOUT`], TCR_ELx ([`tcr_el1`] or [`tcr_el2`] of the
+/// table's VA size and [`Aarch64Config::pa_range`]) and TTBR0_ELx = the root, then marks the
+/// table live. The register sequence the real MMU runs is in the [module
+/// documentation](crate::aarch64#installing).
+///
+/// # Break-before-make
+///
+/// Commits on a live table follow break-before-make (see the classification in
+/// [`Aarch64Codec`]'s [`Codec::needs_break`](txpaging_txn::Codec::needs_break) and
+/// `docs/engine.md`). Pin the code, stack and table pages the commits run on with
+/// [`pin_range`](PagingTable::pin_range) so that no commit unmaps them, even briefly.
+///
+/// # Invalidation
+///
+/// Broadcast ([`Arch::BROADCAST_INVALIDATION`] is `true`): `TLBI VAE1IS` / `VMALLE1IS`
+/// (`VAE2IS` / `ALLE2IS` at EL2) reach every CPU of the Inner Shareable domain, and the commit
+/// of a live table waits for them with `DSB ISH`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Aarch64<R: Regime = El1>(PhantomData<R>);
+
+impl<R: Regime> sealed::Sealed for Aarch64<R> {
+    fn dump_format() -> &'static DumpFormat {
+        if R::EL == 2 {
+            &AARCH64_EL2_DUMP
+        } else {
+            &AARCH64_DUMP
+        }
+    }
 }
 
-/// An AArch64 page table of translation regime `R` ([`El1`], the default, or [`El2`]).
-/// Identity maps by default; see [`transaction`](Self::transaction) for batched and aliased
-/// changes.
+impl<R: Regime> Arch for Aarch64<R> {
+    type Codec = Aarch64Codec<R>;
+    type Config = Aarch64Config;
+
+    /// `true`: `TLBI ...IS` reaches every CPU of the Inner Shareable domain (Arm ARM TLBI
+    /// register descriptions), and a live commit waits for it with `DSB ISH`.
+    const BROADCAST_INVALIDATION: bool = true;
+
+    /// 4 levels = 48-bit VA, 3 levels = 39-bit VA; TTBR0 addresses have all bits above the
+    /// VA size clear (no sign extension). No 5-level mode with the 4 KiB granule
+    /// (`UnsupportedPagingType`).
+    fn geometry(paging_type: PagingType, config: Aarch64Config) -> Result<Geometry, PtError> {
+        let levels = match paging_type {
+            PagingType::Paging3Level => 3,
+            PagingType::Paging4Level => 4,
+            PagingType::Paging5Level => return Err(PtError::UnsupportedPagingType),
+        };
+        Ok(Geometry {
+            levels,
+            max_leaf_level: if config.one_gib_blocks { 2 } else { 1 },
+            sign_extended: false,
+            pa_bits: PA_BITS,
+        })
+    }
+
+    /// MAIR_ELx = [`MAIR_LAYOUT`], TCR_ELx = [`Regime::tcr`] of the VA size and
+    /// `config.pa_range`, TTBR0_ELx = `root`.
+    fn install_request(
+        root: u64,
+        _paging_type: PagingType,
+        geometry: Geometry,
+        config: Aarch64Config,
+    ) -> InstallRequest {
+        R::install_request(MAIR_LAYOUT, R::tcr(geometry.va_bits(), config.pa_range), root)
+    }
+}
+
+/// An AArch64 page table of translation regime `R` ([`El1`], the default, or [`El2`]): the
+/// [`PagingTable`] of [`Aarch64<R>`](Aarch64), by default with the target's MMU. Identity maps
+/// by default; see [`transaction`](PagingTable::transaction) for batched and aliased changes.
 ///
 /// Every map names exactly one cache attribute (there is no default memory type). On the
 /// host the default MMU is a [`RecordingMmu`](crate::RecordingMmu):
@@ -160,19 +218,27 @@ fn geometry(paging_type: PagingType, config: Aarch64Config) -> Result<Geometry, 
 /// assert!(table.mmu().log().contains(&MmuOp::InvalidatePage(0x4000_0000)));
 /// # Ok::<(), PtError>(())
 /// ```
-pub struct Aarch64PageTable<P: PageAllocator, M: Mmu = DefaultAarch64Mmu, R: Regime = El1> {
-    tables: Tables<Aarch64Codec<R>, P, M>,
-    paging_type: PagingType,
-    config: Aarch64Config,
-}
+pub type Aarch64PageTable<P, M = DefaultAarch64Mmu, R = El1> = PagingTable<Aarch64<R>, P, M>;
 
 /// The same type under the Arm spelling.
 pub type AArch64PageTable<P, M = DefaultAarch64Mmu, R = El1> = Aarch64PageTable<P, M, R>;
 
 /// A page table of the non-VHE EL2 regime (TTBR0_EL2).
+///
+/// ```
+/// use txpaging::aarch64::Aarch64El2PageTable;
+/// use txpaging::{InstallRequest, MemoryAttributes as A, PagePool, PageTable, PagingType};
+///
+/// let mut table = Aarch64El2PageTable::new_el2(PagePool::new(8), PagingType::Paging4Level)?;
+/// table.map_memory_region(0x4000_0000, 0x20_0000, A::Writeback | A::ExecuteProtect)?;
+/// assert_eq!(table.regime(), "EL2");
+/// // Installing programs MAIR_EL2, TCR_EL2 and TTBR0_EL2.
+/// assert!(matches!(table.install_request(), InstallRequest::Aarch64El2 { ttbr0, .. } if ttbr0 == table.root()));
+/// # Ok::<(), txpaging::PtError>(())
+/// ```
 pub type Aarch64El2PageTable<P, M = DefaultAarch64El2Mmu> = Aarch64PageTable<P, M, El2>;
 
-impl<P: PageAllocator> Aarch64PageTable<P> {
+impl<P: PageAllocator> PagingTable<Aarch64<El1>, P, DefaultAarch64Mmu> {
     /// Creates an empty table (one zeroed root page) for `paging_type` (3 or 4 levels), for
     /// the running CPU ([`Aarch64Config::detect`]) and the default MMU.
     pub fn new(allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
@@ -204,7 +270,7 @@ impl<P: PageAllocator> Aarch64PageTable<P> {
     }
 }
 
-impl<P: PageAllocator> Aarch64El2PageTable<P> {
+impl<P: PageAllocator> PagingTable<Aarch64<El2>, P, DefaultAarch64El2Mmu> {
     /// Creates an empty EL2 table (one zeroed root page) for `paging_type` (3 or 4 levels),
     /// for the running CPU ([`Aarch64Config::detect`]) and the default EL2 MMU.
     pub fn new_el2(allocator: P, paging_type: PagingType) -> Result<Self, PtError> {
@@ -218,7 +284,7 @@ impl<P: PageAllocator> Aarch64El2PageTable<P> {
     }
 }
 
-impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
+impl<P: PageAllocator, M: Mmu> PagingTable<Aarch64<El1>, P, M> {
     /// Creates an empty EL1&0 table with an explicit configuration and MMU.
     pub fn with_mmu(allocator: P, paging_type: PagingType, config: Aarch64Config, mmu: M) -> Result<Self, PtError> {
         Self::with_regime(allocator, paging_type, config, mmu, El1)
@@ -240,7 +306,7 @@ impl<P: PageAllocator, M: Mmu> Aarch64PageTable<P, M> {
     }
 }
 
-impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
+impl<P: PageAllocator, M: Mmu, R: Regime> PagingTable<Aarch64<R>, P, M> {
     /// Creates an empty table of regime `regime` ([`El1`] or [`El2`]) with an explicit
     /// configuration and MMU.
     pub fn with_regime(
@@ -251,12 +317,7 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
         regime: R,
     ) -> Result<Self, PtError> {
         let _ = regime;
-        let tables = Tables::new(allocator, geometry(paging_type, config)?, mmu)?;
-        Ok(Self {
-            tables,
-            paging_type,
-            config,
-        })
+        Self::create(allocator, paging_type, config, mmu)
     }
 
     /// Opens an existing table of regime `regime`, encoded as this crate encodes (under
@@ -282,7 +343,7 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
         mmu: M,
         regime: R,
     ) -> Result<Self, PtError> {
-        let checked = geometry(paging_type, config)?;
+        let checked = Aarch64::<R>::geometry(paging_type, config)?;
         if root % txpaging_txn::PAGE_SIZE == 0 {
             // SAFETY: forwarded contract; the walk only reads.
             unsafe { foreign::check_own::<R, P>(root, paging_type, checked.max_leaf_level, &allocator) }.map_err(
@@ -292,31 +353,9 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
                 },
             )?;
         }
-        // SAFETY: forwarded contract; the table was checked above.
-        unsafe { Self::open_checked(root, allocator, paging_type, config, mmu, regime) }
-    }
-
-    /// Opens the table at `root` without checking it.
-    ///
-    /// # Safety
-    /// As for [`Aarch64PageTable::from_existing`], and the table is well formed (checked).
-    pub(crate) unsafe fn open_checked(
-        root: u64,
-        allocator: P,
-        paging_type: PagingType,
-        config: Aarch64Config,
-        mmu: M,
-        regime: R,
-    ) -> Result<Self, PtError> {
         let _ = regime;
-        let geometry = geometry(paging_type, config)?;
-        // SAFETY: forwarded contract.
-        let tables = unsafe { Tables::from_existing(root, allocator, geometry, mmu)? };
-        Ok(Self {
-            tables,
-            paging_type,
-            config,
-        })
+        // SAFETY: forwarded contract; the table was checked above.
+        unsafe { Self::open(root, allocator, paging_type, config, mmu) }
     }
 
     /// The translation regime's name ("EL1&0" or "EL2").
@@ -324,204 +363,16 @@ impl<P: PageAllocator, M: Mmu, R: Regime> Aarch64PageTable<P, M, R> {
         R::NAME
     }
 
-    /// Physical address of the root table (the value for TTBR0_EL1 or TTBR0_EL2).
-    pub fn root(&self) -> u64 {
-        self.tables.root()
-    }
-
-    /// Gives up ownership and returns the root; the tables stay in memory.
-    pub fn into_page_table_root(self) -> u64 {
-        self.tables.root()
-    }
-
-    /// The paging mode.
-    pub fn paging_type(&self) -> PagingType {
-        self.paging_type
-    }
-
-    /// The configuration the table was built for.
-    pub fn config(&self) -> Aarch64Config {
-        self.config
-    }
-
-    /// The register values [`install_page_table`](PageTable::install_page_table) programs.
-    pub fn install_request(&self) -> InstallRequest {
-        R::install_request(
-            MAIR_LAYOUT,
-            R::tcr(self.tables.geometry().va_bits(), self.config.pa_range),
-            self.root(),
-        )
-    }
-
-    /// The MMU (a [`RecordingMmu`](crate::RecordingMmu) on the host).
-    pub fn mmu(&self) -> &M {
-        self.tables.tlb()
-    }
-
-    /// The page allocator.
-    pub fn allocator(&self) -> &P {
-        self.tables.allocator()
-    }
-
-    /// The page allocator, mutably (for example to inject failures in tests). Do not use it
-    /// to change or free the table's own pages.
-    pub fn allocator_mut(&mut self) -> &mut P {
-        self.tables.allocator_mut()
-    }
-
-    /// The full error of the last failed one-op call (`map_memory_region`,
-    /// `unmap_memory_region`, `protect_memory_region`, `map_aliased_memory_region`): which
-    /// address, which rule. Those calls return only its [`PtError`] code, as the seed API
-    /// does, and log it with `log::warn!`.
-    ///
-    /// ```
-    /// use txpaging::{Aarch64PageTable, MemoryAttributes, PagePool, PageTable, PagingType, PtError, Reason};
-    ///
-    /// let mut table = Aarch64PageTable::new(PagePool::new(8), PagingType::Paging4Level)?;
-    /// let code = table.map_memory_region(0x20_0000, 0x1000, MemoryAttributes::ReadOnly).unwrap_err();
-    /// assert_eq!(code, PtError::IncompatibleMemoryAttributes);
-    /// assert_eq!(table.last_error().unwrap().reason, Reason::MissingCacheAttribute);
-    /// let code = table.unmap_memory_region(0x20_0000, 0x1000).unwrap_err();
-    /// assert_eq!(code, PtError::NoMapping);
-    /// let error = table.last_error().unwrap();
-    /// assert_eq!((error.reason, error.address), (Reason::NotMapped, Some(0x20_0000)));
-    /// # let _ = MemoryAttributes::Writeback;
-    /// # Ok::<(), PtError>(())
-    /// ```
-    pub fn last_error(&self) -> Option<TxnError> {
-        self.tables.last_error()
-    }
-
-    /// The engine-level table, for tools that walk raw entries.
-    pub fn tables(&self) -> &Tables<Aarch64Codec<R>, P, M> {
-        &self.tables
-    }
-
-    /// Starts a transaction: queue maps, unmaps and protects, then `plan` or `commit`.
-    pub fn transaction(&mut self) -> Transaction<'_, Aarch64Codec<R>, P, M> {
-        self.tables.transaction()
-    }
-
-    /// Gives back the table pages a [`Transaction::commit_retiring`] retired, once no CPU
-    /// can still walk them.
-    pub fn release(&mut self, retired: Retired) {
-        self.tables.release(retired)
-    }
-
-    /// Whether the table is installed: commits on a live table follow break-before-make.
-    /// `install_page_table` and `from_existing` make it live.
-    pub fn is_live(&self) -> bool {
-        self.tables.is_live()
-    }
-
-    /// Declares the table installed (or not) on some CPU, for tables installed by other code.
-    pub fn set_live(&self, live: bool) {
-        self.tables.set_live(live)
-    }
-
     /// Declares `size` bytes at `address` as never to be broken: the code, stack and table
     /// pages running the commits (the self-hosting hazard). A commit that would briefly
     /// unmap them fails with `PtError::PinnedRangeBreak` before any store.
     pub fn pin_range(&mut self, address: u64, size: u64) -> Result<(), PtError> {
-        self.tables.pin_range(address, size)
+        self.tables_mut().pin_range(address, size)
     }
 
     /// Removes every pinned range.
     pub fn unpin_all(&mut self) {
-        self.tables.unpin_all()
-    }
-
-    /// Sets the protection policy later transactions and one-op calls must obey: a
-    /// change whose final state breaks it fails before any store with
-    /// `IncompatibleMemoryAttributes` and [`Reason::PolicyViolation`](crate::Reason).
-    /// [`Policy::off`](crate::Policy::off) (the default) removes it.
-    ///
-    /// ## Errors
-    /// Range errors for a registered code or data range (the policy is then unchanged).
-    pub fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
-        self.tables.set_policy(policy)
-    }
-
-    /// The protection policy (off unless one was set).
-    pub fn policy(&self) -> &crate::Policy {
-        self.tables.policy()
-    }
-
-    /// Walks the whole table and reports W+X pages, executable pages outside the policy's
-    /// code ranges, writable code, a mapped NULL page, executable MMIO, pages whose physical
-    /// address `memory_map` (a UEFI memory map; empty: not checked) does not cover, and the
-    /// mapped bytes per attribute combination. Its `Display` is a report for a bug.
-    pub fn audit(&self, memory_map: &[crate::MemoryMapEntry]) -> crate::Audit {
-        self.tables.audit(memory_map)
-    }
-
-    /// Maps `size` bytes at virtual `va` to physical `pa` (one-op transaction).
-    pub fn map_aliased_memory_region(
-        &mut self,
-        va: u64,
-        pa: u64,
-        size: u64,
-        attributes: MemoryAttributes,
-    ) -> Result<(), PtError> {
-        self.tables
-            .commit_op(Op::Map {
-                va,
-                pa,
-                size,
-                attributes,
-            })
-            .map(drop)
-            .map_err(crate::familiar_error)
-    }
-
-    /// Changes the attributes of `size` mapped bytes at `address`, keeping the output
-    /// addresses and, when `attributes` names no cache type, each page's cache type.
-    pub fn protect_memory_region(
-        &mut self,
-        address: u64,
-        size: u64,
-        attributes: MemoryAttributes,
-    ) -> Result<(), PtError> {
-        self.tables
-            .commit_op(Op::Protect {
-                va: address,
-                size,
-                attributes,
-            })
-            .map(drop)
-            .map_err(crate::familiar_error)
-    }
-
-    /// [`query_memory_region`](PageTable::query_memory_region) with the detail of a failure:
-    /// the rule and the first failing address (the first unmapped page, or the first page
-    /// whose attributes differ from those at `address`), with the same codes.
-    pub fn query_detail(&self, address: u64, size: u64) -> Result<MemoryAttributes, TxnError> {
-        self.tables.query_detail(address, size)
-    }
-
-    /// Where `va` translates to, with the attributes of its page.
-    pub fn translate(&self, va: u64) -> Option<(u64, MemoryAttributes)> {
-        self.tables.translate(va)
-    }
-
-    /// The mapped regions in address order, adjacent identical pieces merged.
-    pub fn regions(&self) -> Regions<'_, Aarch64Codec<R>, P> {
-        self.tables.regions()
-    }
-
-    /// Iterator alias of [`regions`](Self::regions) using the familiar name.
-    pub fn iter_mapped_regions(&self) -> impl Iterator<Item = MappedRegion> + '_ {
-        self.tables.regions()
-    }
-
-    /// Number of table pages in use, the root included.
-    pub fn table_pages(&self) -> usize {
-        self.tables.table_pages()
-    }
-
-    /// Writes the dump of `size` bytes at `address` (see [`PageTable::dump_page_tables`]) to `out`.
-    pub fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError> {
-        dump::write(&self.tables, dump_format::<R>(), out, address, size)
+        self.tables_mut().unpin_all()
     }
 }
 
@@ -576,60 +427,6 @@ static AARCH64_EL2_DUMP: DumpFormat = DumpFormat {
     columns: AARCH64_DUMP.columns,
     cells: AARCH64_DUMP.cells,
 };
-
-fn dump_format<R: Regime>() -> &'static DumpFormat {
-    if R::EL == 2 {
-        &AARCH64_EL2_DUMP
-    } else {
-        &AARCH64_DUMP
-    }
-}
-
-impl<P: PageAllocator, M: Mmu, R: Regime> PageTable for Aarch64PageTable<P, M, R> {
-    fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError> {
-        self.tables
-            .commit_op(Op::Map {
-                va: address,
-                pa: address,
-                size,
-                attributes,
-            })
-            .map(drop)
-            .map_err(crate::familiar_error)
-    }
-
-    fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
-        self.tables
-            .commit_op(Op::Unmap { va: address, size })
-            .map(drop)
-            .map_err(crate::familiar_error)
-    }
-
-    /// Programs MAIR_EL1, TCR_EL1 and TTBR0_EL1, or their EL2 counterparts for an EL2 table
-    /// (see the [module documentation](self)), and marks the table live: later commits
-    /// follow break-before-make.
-    fn install_page_table(&self) -> Result<(), PtError> {
-        self.tables.tlb().install(&self.install_request())?;
-        self.tables.set_live(true);
-        Ok(())
-    }
-
-    fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
-        self.tables.query(address, size).inspect_err(|_| {
-            if log::log_enabled!(log::Level::Debug) {
-                if let Err(detail) = self.tables.query_detail(address, size) {
-                    log::debug!("query_memory_region: {detail}");
-                }
-            }
-        })
-    }
-
-    fn dump_page_tables(&self, address: u64, size: u64) {
-        if let Err(error) = dump::log(&self.tables, dump_format::<R>(), address, size) {
-            log::error!("dump_page_tables({address:#x}, {size:#x}) failed: {error}");
-        }
-    }
-}
 
 /// A table of the regime the running code is in, chosen at run time: what firmware that may
 /// start at EL1 or EL2 builds. Each variant is the typed table; the familiar [`PageTable`]

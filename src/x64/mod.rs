@@ -6,20 +6,17 @@ pub mod existing;
 #[cfg(target_arch = "x86_64")]
 mod instructions;
 
-use core::fmt;
-
-use txpaging_txn::{
-    Geometry, MappedRegion, MemoryAttributes, Op, PageAllocator, PtError, Regions, Retired, Tables, Transaction,
-    TxnError,
-};
+use txpaging_txn::{Geometry, PageAllocator, PtError};
 
 pub use encoding::{X64Codec, PAT_LAYOUT};
 #[cfg(target_arch = "x86_64")]
 pub use instructions::X64Mmu;
 
-use crate::dump::{self, DumpFormat};
+use crate::arch::{sealed, Arch};
+use crate::dump::DumpFormat;
 use crate::mmu::{InstallRequest, Mmu};
-use crate::{PageTable, PagingType};
+use crate::table::PagingTable;
+use crate::PagingType;
 
 /// The MMU used by [`X64PageTable::new`]: the real one on bare-metal and UEFI targets,
 /// a [`RecordingMmu`](crate::RecordingMmu) elsewhere.
@@ -96,22 +93,71 @@ impl Default for X64Config {
     }
 }
 
-fn geometry(paging_type: PagingType, config: X64Config) -> Result<Geometry, PtError> {
-    let levels = match paging_type {
-        PagingType::Paging3Level => return Err(PtError::UnsupportedPagingType),
-        PagingType::Paging4Level => 4,
-        PagingType::Paging5Level => 5,
-    };
-    Ok(Geometry {
-        levels,
-        max_leaf_level: if config.one_gib_pages { 2 } else { 1 },
-        sign_extended: true,
-        pa_bits: X64_PA_BITS,
-    })
+/// The X64 architecture (IA-32e paging, SDM Vol. 3A chapter 4) of a [`PagingTable`]:
+/// 4-level (48-bit) and 5-level (57-bit) paging with 4 KiB, 2 MiB and, where [`X64Config`]
+/// allows, 1 GiB pages, encoded by [`X64Codec`]. Name the table [`X64PageTable`].
+///
+/// # Installing
+///
+/// [`PageTable::install_page_table`](crate::PageTable::install_page_table) hands the MMU an [`InstallRequest::X64`]: IA32_PAT =
+/// [`PAT_LAYOUT`] (the memory types the encoding's PAT, PCD and PWT bits select), IA32_EFER.NXE
+/// (so that `ExecuteProtect`, the NX bit, is honoured) and CR3 = the root (with CR4.LA57
+/// already set for 5-level paging). It does so on the calling CPU; every other CPU that is to
+/// use the table needs the same (IA32_PAT and IA32_EFER are per-CPU MSRs, SDM 11.12.2), for
+/// example `X64Mmu::new().install(&table.install_request())` on each AP.
+///
+/// # Invalidation
+///
+/// Not broadcast ([`Arch::BROADCAST_INVALIDATION`] is `false`): INVLPG and CR3 reloads act on
+/// the issuing CPU only; other CPUs need an IPI shootdown (SDM 4.10.5), the hook of
+/// [`SharedTable::with_shootdown`](crate::SharedTable::with_shootdown). How the real MMU
+/// flushes everything depends on CR4.PGE: see [`full_flush`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct X64;
+
+impl sealed::Sealed for X64 {
+    fn dump_format() -> &'static DumpFormat {
+        &X64_DUMP
+    }
 }
 
-/// An X64 page table. Identity maps by default; see [`transaction`](Self::transaction)
-/// for batched and aliased changes.
+impl Arch for X64 {
+    type Codec = X64Codec;
+    type Config = X64Config;
+
+    /// `false`: INVLPG and CR3 reloads act on the issuing CPU only (SDM 4.10.5).
+    const BROADCAST_INVALIDATION: bool = false;
+
+    /// 4 levels = 48-bit, 5 levels = 57-bit virtual addresses, sign-extended (canonical);
+    /// 1 GiB pages if `config` has them. X64 has no 3-level mode (`UnsupportedPagingType`).
+    fn geometry(paging_type: PagingType, config: X64Config) -> Result<Geometry, PtError> {
+        let levels = match paging_type {
+            PagingType::Paging3Level => return Err(PtError::UnsupportedPagingType),
+            PagingType::Paging4Level => 4,
+            PagingType::Paging5Level => 5,
+        };
+        Ok(Geometry {
+            levels,
+            max_leaf_level: if config.one_gib_pages { 2 } else { 1 },
+            sign_extended: true,
+            pa_bits: X64_PA_BITS,
+        })
+    }
+
+    /// IA32_PAT = [`PAT_LAYOUT`], IA32_EFER.NXE, and CR3 = `root`.
+    fn install_request(root: u64, paging_type: PagingType, _geometry: Geometry, _config: X64Config) -> InstallRequest {
+        InstallRequest::X64 {
+            root,
+            five_level: paging_type == PagingType::Paging5Level,
+            pat: PAT_LAYOUT,
+            nx: true,
+        }
+    }
+}
+
+/// An X64 page table: the [`PagingTable`] of [`X64`], by default with the target's MMU.
+/// Identity maps by default; see [`transaction`](PagingTable::transaction) for batched and
+/// aliased changes.
 ///
 /// On the host the default MMU is a [`RecordingMmu`](crate::RecordingMmu), so the same code
 /// runs in tests and shows what the CPU would be asked to do:
@@ -140,13 +186,9 @@ fn geometry(paging_type: PagingType, config: X64Config) -> Result<Geometry, PtEr
 /// assert_eq!(table.mmu().take_log().last(), Some(&MmuOp::InvalidatePage(0xFEE0_0000)));
 /// # Ok::<(), txpaging::PtError>(())
 /// ```
-pub struct X64PageTable<P: PageAllocator, M: Mmu = DefaultX64Mmu> {
-    tables: Tables<X64Codec, P, M>,
-    paging_type: PagingType,
-    config: X64Config,
-}
+pub type X64PageTable<P, M = DefaultX64Mmu> = PagingTable<X64, P, M>;
 
-impl<P: PageAllocator> X64PageTable<P> {
+impl<P: PageAllocator> PagingTable<X64, P, DefaultX64Mmu> {
     /// Creates an empty table (one zeroed root page) for `paging_type` with the default MMU
     /// and [`X64Config::for_target`]: on UEFI and bare metal, 1 GiB pages if the running
     /// CPU has them; on a host, always (deterministic). Use [`with_mmu`](Self::with_mmu) to
@@ -179,15 +221,10 @@ impl<P: PageAllocator> X64PageTable<P> {
     }
 }
 
-impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
+impl<P: PageAllocator, M: Mmu> PagingTable<X64, P, M> {
     /// Creates an empty table with an explicit CPU configuration and MMU.
     pub fn with_mmu(allocator: P, paging_type: PagingType, config: X64Config, mmu: M) -> Result<Self, PtError> {
-        let tables = Tables::new(allocator, geometry(paging_type, config)?, mmu)?;
-        Ok(Self {
-            tables,
-            paging_type,
-            config,
-        })
+        Self::create(allocator, paging_type, config, mmu)
     }
 
     /// Opens an existing table with an explicit CPU configuration and MMU.
@@ -211,20 +248,15 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
         config: X64Config,
         mmu: M,
     ) -> Result<Self, PtError> {
-        let geometry = geometry(paging_type, config)?;
         // SAFETY: forwarded contract.
-        let tables = unsafe { Tables::from_existing(root, allocator, geometry, mmu)? };
+        let table = unsafe { Self::open(root, allocator, paging_type, config, mmu)? };
         // The checked walk of `existing` under this crate's own PAT layout: a hostile or
         // corrupted table is refused here, so no later walk can loop or misread it.
-        existing::check(&tables, existing::ExistingLayout::OURS).map_err(|error| {
+        existing::check(table.tables(), existing::ExistingLayout::OURS).map_err(|error| {
             log::warn!("txpaging: from_existing refused the table: {error}");
             PtError::from(error)
         })?;
-        Ok(Self {
-            tables,
-            paging_type,
-            config,
-        })
+        Ok(table)
     }
 
     /// Opens the table at `root` that someone else built (the firmware's, read from CR3)
@@ -232,7 +264,7 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
     /// [`existing`]: every table page reached once, no reserved bit
     /// set, and every leaf's PAT index meaning the same memory type under `layout` as under
     /// [`PAT_LAYOUT`]. Queries then read the table exactly, and changes are written in this
-    /// crate's encoding, correct once [`PageTable::install_page_table`] programs
+    /// crate's encoding, correct once [`PageTable::install_page_table`](crate::PageTable::install_page_table) programs
     /// [`PAT_LAYOUT`] (or at once, for the indices both layouts share).
     ///
     /// # Safety
@@ -250,198 +282,12 @@ impl<P: PageAllocator, M: Mmu> X64PageTable<P, M> {
         if root % txpaging_txn::PAGE_SIZE != 0 {
             return Err(existing::ExistingTableError::UnalignedRoot { root });
         }
-        let geometry =
-            geometry(paging_type, config).map_err(|_| existing::ExistingTableError::UnsupportedPagingType)?;
+        X64::geometry(paging_type, config).map_err(|_| existing::ExistingTableError::UnsupportedPagingType)?;
         // SAFETY: forwarded contract; the checked walk below only reads.
-        let tables = unsafe { Tables::from_existing(root, allocator, geometry, mmu) }
+        let table = unsafe { Self::open(root, allocator, paging_type, config, mmu) }
             .map_err(|_| existing::ExistingTableError::UnalignedRoot { root })?;
-        let summary = existing::check(&tables, layout)?;
-        Ok((
-            Self {
-                tables,
-                paging_type,
-                config,
-            },
-            summary,
-        ))
-    }
-
-    /// What installing this table programs: IA32_PAT = [`PAT_LAYOUT`], IA32_EFER.NXE, and CR3
-    /// = the root. [`PageTable::install_page_table`] does it on the calling CPU; every other
-    /// CPU that is to use the table needs the same (IA32_PAT and IA32_EFER are per-CPU MSRs,
-    /// SDM 11.12.2), for example `X64Mmu::new().install(&table.install_request())` on each AP.
-    pub fn install_request(&self) -> InstallRequest {
-        InstallRequest::X64 {
-            root: self.root(),
-            five_level: self.paging_type == PagingType::Paging5Level,
-            pat: PAT_LAYOUT,
-            nx: true,
-        }
-    }
-
-    /// Physical address of the root table (the value for CR3).
-    pub fn root(&self) -> u64 {
-        self.tables.root()
-    }
-
-    /// Gives up ownership and returns the root; the tables stay in memory.
-    pub fn into_page_table_root(self) -> u64 {
-        self.tables.root()
-    }
-
-    /// The paging mode.
-    pub fn paging_type(&self) -> PagingType {
-        self.paging_type
-    }
-
-    /// The CPU configuration the table was built for.
-    pub fn config(&self) -> X64Config {
-        self.config
-    }
-
-    /// The MMU (a [`RecordingMmu`](crate::RecordingMmu) on the host).
-    pub fn mmu(&self) -> &M {
-        self.tables.tlb()
-    }
-
-    /// The page allocator.
-    pub fn allocator(&self) -> &P {
-        self.tables.allocator()
-    }
-
-    /// The page allocator, mutably (for example to inject failures in tests). Do not use it
-    /// to change or free the table's own pages.
-    pub fn allocator_mut(&mut self) -> &mut P {
-        self.tables.allocator_mut()
-    }
-
-    /// The full error of the last failed one-op call (`map_memory_region`,
-    /// `unmap_memory_region`, `protect_memory_region`, `map_aliased_memory_region`): which
-    /// address, which rule. Those calls return only its [`PtError`] code, as the seed API
-    /// does, and log it with `log::warn!`.
-    ///
-    /// ```
-    /// use txpaging::{MemoryAttributes, PagePool, PageTable, PagingType, PtError, Reason, X64PageTable};
-    ///
-    /// let mut table = X64PageTable::new(PagePool::new(8), PagingType::Paging4Level)?;
-    /// let code = table.unmap_memory_region(0x20_0000, 0x1000).unwrap_err();
-    /// assert_eq!(code, PtError::NoMapping);
-    /// let error = table.last_error().unwrap();
-    /// assert_eq!((error.reason, error.address), (Reason::NotMapped, Some(0x20_0000)));
-    /// # let _ = MemoryAttributes::Writeback;
-    /// # Ok::<(), PtError>(())
-    /// ```
-    pub fn last_error(&self) -> Option<TxnError> {
-        self.tables.last_error()
-    }
-
-    /// The engine-level table, for tools that walk raw entries.
-    pub fn tables(&self) -> &Tables<X64Codec, P, M> {
-        &self.tables
-    }
-
-    /// Starts a transaction: queue maps, unmaps and protects, then `plan` or `commit`.
-    pub fn transaction(&mut self) -> Transaction<'_, X64Codec, P, M> {
-        self.tables.transaction()
-    }
-
-    /// Gives back the table pages a [`Transaction::commit_retiring`] retired, once no CPU
-    /// can still walk them.
-    pub fn release(&mut self, retired: Retired) {
-        self.tables.release(retired)
-    }
-
-    /// Sets the protection policy later transactions and one-op calls must obey: a
-    /// change whose final state breaks it fails before any store with
-    /// `IncompatibleMemoryAttributes` and [`Reason::PolicyViolation`](crate::Reason).
-    /// [`Policy::off`](crate::Policy::off) (the default) removes it.
-    ///
-    /// ## Errors
-    /// Range errors for a registered code or data range (the policy is then unchanged).
-    pub fn set_policy(&mut self, policy: crate::Policy) -> Result<(), PtError> {
-        self.tables.set_policy(policy)
-    }
-
-    /// The protection policy (off unless one was set).
-    pub fn policy(&self) -> &crate::Policy {
-        self.tables.policy()
-    }
-
-    /// Walks the whole table and reports W+X pages, executable pages outside the policy's
-    /// code ranges, writable code, a mapped NULL page, executable MMIO, pages whose physical
-    /// address `memory_map` (a UEFI memory map; empty: not checked) does not cover, and the
-    /// mapped bytes per attribute combination. Its `Display` is a report for a bug.
-    pub fn audit(&self, memory_map: &[crate::MemoryMapEntry]) -> crate::Audit {
-        self.tables.audit(memory_map)
-    }
-
-    /// Maps `size` bytes at virtual `va` to physical `pa` (one-op transaction).
-    pub fn map_aliased_memory_region(
-        &mut self,
-        va: u64,
-        pa: u64,
-        size: u64,
-        attributes: MemoryAttributes,
-    ) -> Result<(), PtError> {
-        self.tables
-            .commit_op(Op::Map {
-                va,
-                pa,
-                size,
-                attributes,
-            })
-            .map(drop)
-            .map_err(crate::familiar_error)
-    }
-
-    /// Changes the attributes of `size` mapped bytes at `address`, keeping the output
-    /// addresses and, when `attributes` names no cache type, each page's cache type.
-    pub fn protect_memory_region(
-        &mut self,
-        address: u64,
-        size: u64,
-        attributes: MemoryAttributes,
-    ) -> Result<(), PtError> {
-        self.tables
-            .commit_op(Op::Protect {
-                va: address,
-                size,
-                attributes,
-            })
-            .map(drop)
-            .map_err(crate::familiar_error)
-    }
-
-    /// [`query_memory_region`](PageTable::query_memory_region) with the detail of a failure:
-    /// the rule and the first failing address (the first unmapped page, or the first page
-    /// whose attributes differ from those at `address`), with the same codes.
-    pub fn query_detail(&self, address: u64, size: u64) -> Result<MemoryAttributes, TxnError> {
-        self.tables.query_detail(address, size)
-    }
-
-    /// Where `va` translates to, with the attributes of its page.
-    pub fn translate(&self, va: u64) -> Option<(u64, MemoryAttributes)> {
-        self.tables.translate(va)
-    }
-
-    /// The mapped regions in address order, adjacent identical pieces merged.
-    pub fn regions(&self) -> Regions<'_, X64Codec, P> {
-        self.tables.regions()
-    }
-
-    /// Iterator alias of [`regions`](Self::regions) using the familiar name.
-    pub fn iter_mapped_regions(&self) -> impl Iterator<Item = MappedRegion> + '_ {
-        self.tables.regions()
-    }
-
-    /// Number of table pages in use, the root included.
-    pub fn table_pages(&self) -> usize {
-        self.tables.table_pages()
-    }
-
-    /// Writes the dump of `size` bytes at `address` (see [`PageTable::dump_page_tables`]) to `out`.
-    pub fn dump_to(&self, out: &mut dyn fmt::Write, address: u64, size: u64) -> Result<(), PtError> {
-        dump::write(&self.tables, &X64_DUMP, out, address, size)
+        let summary = existing::check(table.tables(), layout)?;
+        Ok((table, summary))
     }
 }
 
@@ -475,46 +321,3 @@ static X64_DUMP: DumpFormat = DumpFormat {
     ],
     cells: &[],
 };
-
-impl<P: PageAllocator, M: Mmu> PageTable for X64PageTable<P, M> {
-    fn map_memory_region(&mut self, address: u64, size: u64, attributes: MemoryAttributes) -> Result<(), PtError> {
-        self.tables
-            .commit_op(Op::Map {
-                va: address,
-                pa: address,
-                size,
-                attributes,
-            })
-            .map(drop)
-            .map_err(crate::familiar_error)
-    }
-
-    fn unmap_memory_region(&mut self, address: u64, size: u64) -> Result<(), PtError> {
-        self.tables
-            .commit_op(Op::Unmap { va: address, size })
-            .map(drop)
-            .map_err(crate::familiar_error)
-    }
-
-    fn install_page_table(&self) -> Result<(), PtError> {
-        self.tables.tlb().install(&self.install_request())?;
-        self.tables.set_live(true);
-        Ok(())
-    }
-
-    fn query_memory_region(&self, address: u64, size: u64) -> Result<MemoryAttributes, PtError> {
-        self.tables.query(address, size).inspect_err(|_| {
-            if log::log_enabled!(log::Level::Debug) {
-                if let Err(detail) = self.tables.query_detail(address, size) {
-                    log::debug!("query_memory_region: {detail}");
-                }
-            }
-        })
-    }
-
-    fn dump_page_tables(&self, address: u64, size: u64) {
-        if let Err(error) = dump::log(&self.tables, &X64_DUMP, address, size) {
-            log::error!("dump_page_tables({address:#x}, {size:#x}) failed: {error}");
-        }
-    }
-}
