@@ -114,3 +114,17 @@ fn warn_kept_page(address: u64, size: u64) {
         );
     }
 }
+
+/// Allocates one table page and checks its alignment.
+pub(crate) fn allocate_table_page(allocator: &mut impl PageAllocator) -> Result<u64, crate::error::TxnError> {
+    use crate::error::{Reason, TxnError};
+    use crate::geometry::PAGE_SIZE;
+    let page = allocator
+        .allocate_page(PAGE_SIZE, PAGE_SIZE)
+        .map_err(|error| TxnError::whole(error).with_reason(Reason::AllocatorFailed))?;
+    if page % PAGE_SIZE != 0 {
+        allocator.free_page(page, PAGE_SIZE);
+        return Err(TxnError::whole(PtError::UnalignedPageBase).with_detail(Reason::UnalignedTablePage, page));
+    }
+    Ok(page)
+}

@@ -161,7 +161,7 @@ pub enum Reason {
     /// (`IncompatibleMemoryAttributes`: the attributes asked for are not allowed there).
     PolicyViolation {
         /// The rule.
-        rule: crate::policy::Rule,
+        rule: crate::rule::Rule,
     },
     /// An internal invariant broke: a bug in this crate (`InternalError`).
     Internal,

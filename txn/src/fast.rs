@@ -18,17 +18,18 @@
 //! upper tables, a break on a live table) returns `None` and goes through the planner, which
 //! also produces the error.
 
-use crate::allocator::PageAllocator;
+use crate::allocator::{allocate_table_page, PageAllocator};
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
 use crate::error::TxnError;
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
+use crate::op::{check_op, Op};
 use crate::overlay::Change;
 use crate::plan::{Outcome, Slot, Summary};
-use crate::table::{allocate_table_page, Tables};
+use crate::report::{CommitReport, Committed, Retired};
+use crate::table::Tables;
 use crate::tlb::{Barrier, FlushBatch, Tlb};
-use crate::transaction::{check_op, CommitReport, Committed, Op, Retired};
 
 /// How many new entries pass 1 keeps for pass 2 (larger changes are encoded twice).
 const KEPT_ENTRIES: usize = 8;

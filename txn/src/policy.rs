@@ -6,8 +6,6 @@
 //! cache type and leaves its pages executable reads the table (for the cache type each
 //! page keeps), and only over its own range.
 
-use core::fmt;
-
 use alloc::vec::Vec;
 use bitflags::bitflags;
 
@@ -15,6 +13,7 @@ use crate::attributes::MemoryAttributes;
 use crate::error::PtError;
 use crate::geometry::{Geometry, PAGE_SIZE};
 use crate::overlay::{Action, Segment};
+use crate::rule::Rule;
 
 bitflags! {
     /// The table-wide rules of a [`Policy`].
@@ -27,47 +26,6 @@ bitflags! {
         const NO_NULL_PAGE = 2;
         /// No executable `Uncached` or `UncachedExport` (MMIO) page.
         const NO_EXECUTABLE_MMIO = 4;
-    }
-}
-
-/// The rule a final state breaks: what a [`Reason::PolicyViolation`](crate::Reason) names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Rule {
-    /// [`Rules::NO_NULL_PAGE`]: a present page at virtual 0..4 KiB.
-    NullPage,
-    /// [`Rules::WRITE_XOR_EXECUTE`]: a page both writable and executable.
-    WriteXorExecute,
-    /// [`Rules::NO_EXECUTABLE_MMIO`]: an executable `Uncached`/`UncachedExport` page.
-    ExecutableMmio,
-    /// A present page of a registered code range without `ReadOnly`.
-    WritableCode,
-    /// A present page of a registered data range without `ExecuteProtect`.
-    ExecutableData,
-}
-
-impl Rule {
-    /// A short name for reports: `W^X`, `NULL page`, ...
-    pub const fn name(self) -> &'static str {
-        match self {
-            Rule::NullPage => "NULL page",
-            Rule::WriteXorExecute => "W^X",
-            Rule::ExecutableMmio => "executable MMIO",
-            Rule::WritableCode => "writable code",
-            Rule::ExecutableData => "executable data",
-        }
-    }
-}
-
-impl fmt::Display for Rule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match self {
-            Rule::NullPage => "NULL page: virtual 0..0x1000 must not be mapped present",
-            Rule::WriteXorExecute => "W^X: a present page must be ReadOnly or ExecuteProtect",
-            Rule::ExecutableMmio => "executable MMIO: an Uncached/UncachedExport page must be ExecuteProtect",
-            Rule::WritableCode => "writable code: a registered code range must stay ReadOnly",
-            Rule::ExecutableData => "executable data: a registered data range must stay ExecuteProtect",
-        };
-        f.write_str(text)
     }
 }
 

@@ -1,14 +1,13 @@
 //! `Tables`: a page table of one architecture, generic over the codec, the page
 //! allocator and the TLB interface. The arch crates wrap it in their public types.
 
-use crate::allocator::PageAllocator;
+use crate::allocator::{allocate_table_page, PageAllocator};
 use crate::codec::{Codec, Entry};
 use crate::error::PtError;
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
 use crate::policy::{LinearPolicy, Policy};
 use crate::tlb::Tlb;
-use crate::transaction::Transaction;
 
 /// A page table: its root, geometry, allocator and TLB interface.
 pub struct Tables<C: Codec, P: PageAllocator, T: Tlb> {
@@ -129,11 +128,11 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
     /// and its final state obeys the policy. Otherwise the planner commits it and reports
     /// the error.
     #[inline]
-    pub(crate) fn policy_allows_fast(&self, op: &crate::transaction::Op) -> bool {
+    pub(crate) fn policy_allows_fast(&self, op: &crate::op::Op) -> bool {
         let Some(policy) = self.linear_policy() else {
             return true;
         };
-        let Ok((start, end, change)) = crate::transaction::check_op::<C>(&self.geometry, op) else {
+        let Ok((start, end, change)) = crate::op::check_op::<C>(&self.geometry, op) else {
             return false;
         };
         let mut overlay = crate::overlay::Overlay::default();
@@ -202,25 +201,6 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         (self.root, self.allocator, self.tlb)
     }
 
-    /// Commits one op: what the familiar one-op calls do. Same result as a transaction of
-    /// that one op, without queueing it. A failure is also kept for
-    /// [`last_error`](Self::last_error).
-    pub fn commit_op(
-        &mut self,
-        op: crate::transaction::Op,
-    ) -> Result<crate::transaction::CommitReport, crate::error::TxnError> {
-        if self.policy_allows_fast(&op) {
-            if let Some(report) = crate::fast::try_commit_report(self, &op) {
-                return Ok(report);
-            }
-        }
-        let result = self.commit_op_slow(op);
-        if let Err(error) = result {
-            self.last_error = Some(error);
-        }
-        result
-    }
-
     /// The full error of the last failed [`commit_op`](Self::commit_op) (the familiar
     /// one-op calls), which they report only as its [`PtError`] code. Kept until the next
     /// failure.
@@ -228,35 +208,14 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         self.last_error
     }
 
-    /// [`commit_op`](Self::commit_op) past the fast path.
-    fn commit_op_slow(
-        &mut self,
-        op: crate::transaction::Op,
-    ) -> Result<crate::transaction::CommitReport, crate::error::TxnError> {
-        let structural = match self.policy_allows_fast(&op) {
-            true => crate::fast::try_structural(self, &op),
-            false => None,
-        };
-        let committed = match structural {
-            Some(result) => result?,
-            None => {
-                let mut transaction = Transaction::new(self);
-                transaction.push(op);
-                transaction.commit_planned()?
-            }
-        };
-        self.release(committed.retired);
-        Ok(committed.report)
+    /// Keeps `error` for [`last_error`](Self::last_error).
+    pub(crate) fn note_error(&mut self, error: crate::error::TxnError) {
+        self.last_error = Some(error);
     }
 
-    /// Starts a transaction on this table.
-    pub fn transaction(&mut self) -> Transaction<'_, C, P, T> {
-        Transaction::new(self)
-    }
-
-    /// Gives the pages a [`commit_retiring`](Transaction::commit_retiring) retired back to
+    /// Gives the pages a [`commit_retiring`](crate::Transaction::commit_retiring) retired back to
     /// the allocator. Call it once no CPU can still walk them.
-    pub fn release(&mut self, retired: crate::transaction::Retired) {
+    pub fn release(&mut self, retired: crate::report::Retired) {
         for page in retired.pages {
             self.allocator.free_page(page, PAGE_SIZE);
         }
@@ -284,17 +243,4 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
         }
         count::<C, P>(&TableMemory::new(&self.allocator), self.root, self.geometry.top_level())
     }
-}
-
-/// Allocates one table page and checks its alignment.
-pub(crate) fn allocate_table_page(allocator: &mut impl PageAllocator) -> Result<u64, crate::error::TxnError> {
-    use crate::error::{Reason, TxnError};
-    let page = allocator
-        .allocate_page(PAGE_SIZE, PAGE_SIZE)
-        .map_err(|error| TxnError::whole(error).with_reason(Reason::AllocatorFailed))?;
-    if page % PAGE_SIZE != 0 {
-        allocator.free_page(page, PAGE_SIZE);
-        return Err(TxnError::whole(PtError::UnalignedPageBase).with_detail(Reason::UnalignedTablePage, page));
-    }
-    Ok(page)
 }

@@ -1,0 +1,268 @@
+//! The one commit path, for a transaction and for the one-op calls alike: the fast path
+//! (`fast`), else validate (fold the ops into the overlay, plan them in one walk, check
+//! the policy), allocate every new table page, and apply (`apply`): all or nothing.
+
+use crate::allocator::{allocate_table_page, PageAllocator};
+use crate::apply::{apply, give_back, Pages};
+use crate::codec::Codec;
+use crate::error::{Blame, Fault, PtError, Reason, TxnError};
+use crate::op::{check_op, Op};
+use crate::overlay::{Action, Change, Overlay};
+use crate::plan::{Recorded, Walk, WalkError};
+use crate::report::{CommitReport, Committed, FinalState, Plan, PlannedRange, Retired};
+use crate::table::Tables;
+use crate::tlb::Tlb;
+
+/// Commits `ops` on `table` as one transaction: the fast path for one op where it
+/// applies, else the planner. The table pages it stops using are returned in
+/// [`Committed::retired`].
+pub(crate) fn commit<C: Codec, P: PageAllocator, T: Tlb>(
+    table: &mut Tables<C, P, T>,
+    ops: &[Op],
+) -> Result<Committed, TxnError> {
+    if let [op] = ops[..] {
+        if !table.policy_allows_fast(&op) {
+            return commit_planned(table, ops);
+        }
+        if let Some(committed) = crate::fast::try_commit(table, &op) {
+            return Ok(committed);
+        }
+        if let Some(result) = crate::fast::try_structural(table, &op) {
+            return result;
+        }
+    }
+    commit_planned(table, ops)
+}
+
+impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
+    /// Commits one op: what the familiar one-op calls do. Same result as a transaction of
+    /// that one op, without queueing it; the common case returns only the report (no flush
+    /// batch travels back). A failure is also kept for [`last_error`](Self::last_error).
+    pub fn commit_op(&mut self, op: Op) -> Result<CommitReport, TxnError> {
+        let fast = self.policy_allows_fast(&op);
+        if fast {
+            if let Some(report) = crate::fast::try_commit_report(self, &op) {
+                return Ok(report);
+            }
+        }
+        let structural = match fast {
+            true => crate::fast::try_structural(self, &op),
+            false => None,
+        };
+        let result = match structural {
+            Some(result) => result,
+            None => commit_planned(self, &[op]),
+        };
+        match result {
+            Ok(committed) => {
+                self.release(committed.retired);
+                Ok(committed.report)
+            }
+            Err(error) => {
+                self.note_error(error);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The dry run of `ops` on `table`.
+pub(crate) fn plan<C: Codec, P: PageAllocator, T: Tlb>(table: &Tables<C, P, T>, ops: &[Op]) -> Result<Plan, TxnError> {
+    Batch { table, ops }.plan()
+}
+
+/// Commits `ops` through the planner (no fast path).
+fn commit_planned<C: Codec, P: PageAllocator, T: Tlb>(
+    table: &mut Tables<C, P, T>,
+    ops: &[Op],
+) -> Result<Committed, TxnError> {
+    let batch = Batch { table: &*table, ops };
+    let overlay = batch.fold()?;
+    let mut walk = Walk::<C, P>::new(table.allocator(), table.geometry(), table.is_live(), table.pinned());
+    walk.run(table.root(), &overlay);
+    walk_result(&walk, ops)?;
+    batch.check_policy(&overlay)?;
+    let plan = walk.plan;
+    // The plan may link, unlink or free tables: the fast path's walk hint goes first.
+    table.forget_walk_hint();
+    let (_, _, allocator, tlb) = table.parts_mut();
+    let mut pages = Pages::new();
+    for _ in 0..plan.new_tables.len() {
+        match allocate_table_page(allocator) {
+            Ok(page) => pages.push(page),
+            Err(error) => {
+                give_back(allocator, &pages);
+                return Err(error);
+            }
+        }
+    }
+    let retired = Retired {
+        pages: apply::<C, P>(allocator, tlb, &plan, &pages),
+    };
+    let batches = [&plan.break_flush, &plan.flush];
+    let report = CommitReport {
+        entries_written: plan.counts.entries_written,
+        tables_allocated: plan.counts.tables_allocated,
+        tables_freed: plan.counts.tables_freed,
+        pages_invalidated: batches.iter().map(|b| b.page_count()).sum(),
+        full_flushes: batches.iter().filter(|b| b.is_full()).count(),
+        breaks: plan.counts.breaks,
+        invalidation_batches: batches.iter().filter(|b| !b.is_empty()).count(),
+    };
+    Ok(Committed {
+        report,
+        invalidations: plan.flush,
+        retired,
+    })
+}
+
+/// The ops of one transaction, on their table: what validation reads.
+struct Batch<'a, C: Codec, P: PageAllocator, T: Tlb> {
+    table: &'a Tables<C, P, T>,
+    ops: &'a [Op],
+}
+
+impl<C: Codec, P: PageAllocator, T: Tlb> Batch<'_, C, P, T> {
+    /// The dry run of the ops: what a commit would do, or the error it would return.
+    pub(crate) fn plan(&self) -> Result<Plan, TxnError> {
+        let overlay = self.fold()?;
+        let geometry = self.table.geometry();
+        let walk = self.dry_run(&overlay)?;
+        self.check_policy(&overlay)?;
+        let ranges = overlay
+            .segments()
+            .iter()
+            .map(|s| PlannedRange {
+                va: geometry.to_canonical(s.start),
+                size: s.end - s.start,
+                state: match s.action {
+                    Action::Map { pa } => FinalState::Mapped {
+                        pa,
+                        attributes: s.attributes,
+                    },
+                    Action::Unmap => FinalState::Unmapped,
+                    Action::Protect => FinalState::Reprotected {
+                        attributes: s.attributes,
+                    },
+                },
+            })
+            .collect();
+        Ok(Plan {
+            ranges,
+            entries_to_write: walk.counts.entries_written,
+            tables_to_allocate: walk.counts.tables_allocated,
+            tables_to_free: walk.counts.tables_freed,
+            pages_to_invalidate: walk.break_flush.pages().chain(walk.flush.pages()).collect(),
+            full_flush: walk.flush.is_full() || walk.break_flush.is_full(),
+            breaks: walk.counts.breaks,
+        })
+    }
+
+    /// Validates and folds the ops. On the first bad op, reports the earliest failing op
+    /// among it and those before it.
+    fn fold(&self) -> Result<Overlay, TxnError> {
+        let geometry = self.table.geometry();
+        let mut overlay = Overlay::default();
+        for (index, op) in self.ops.iter().enumerate() {
+            let op_number = u32::try_from(index).map_err(|_| {
+                TxnError::whole(PtError::InvalidParameter).with_reason(Reason::TooManyOps {
+                    ops: self.ops.len(),
+                    max: (u32::MAX as usize).saturating_add(1),
+                })
+            })?;
+            let failure = match check_op::<C>(&geometry, op) {
+                Err(fault) => fault,
+                Ok((start, end, change)) => match overlay.fold(op_number, start, end, change) {
+                    Ok(()) => continue,
+                    // The overlay refused linear `hole`: an earlier op of the transaction
+                    // unmapped it.
+                    Err(fault) => {
+                        let hole = self.first_hole(&overlay, index, (start, fault.address, change));
+                        Fault::new(fault.reason, geometry.to_canonical(hole.unwrap_or(fault.address)))
+                    }
+                },
+            };
+            // An op before this one may already fail against the table.
+            self.dry_run(&overlay)?;
+            return Err(failure.at_op(index, op.va(), op.size()));
+        }
+        Ok(overlay)
+    }
+
+    /// The first linear address below `before` that op `index`, changing linear
+    /// `start..before` by `change`, finds unmapped in the table (the overlay of the ops
+    /// before it refused `before` itself). `None` if there is none or an earlier op fails.
+    #[cold]
+    fn first_hole(&self, overlay: &Overlay, index: usize, (start, before, change): (u64, u64, Change)) -> Option<u64> {
+        if start == before {
+            return None;
+        }
+        let mut probe = overlay.clone();
+        probe.fold(index as u32, start, before, change).ok()?;
+        match self.dry_run(&probe) {
+            Err(TxnError {
+                op: Some(op),
+                reason: Reason::NotMapped,
+                address: Some(address),
+                ..
+            }) if op == index => self.table.geometry().to_linear(address),
+            _ => None,
+        }
+    }
+
+    /// Checks the final state of `overlay` (valid against the table) against the table's
+    /// policy: the error blames the last op covering the first offending address.
+    fn check_policy(&self, overlay: &Overlay) -> Result<(), TxnError> {
+        let table = self.table;
+        let Some(policy) = table.linear_policy() else {
+            return Ok(());
+        };
+        let Some((rule, linear)) = policy.first_violation(overlay.segments(), &mut |s, e| table.first_mmio(s, e))
+        else {
+            return Ok(());
+        };
+        let geometry = table.geometry();
+        let index = self.ops.iter().rposition(|op| {
+            geometry
+                .check_range(op.va(), op.size())
+                .is_ok_and(|(start, end)| start <= linear && linear < end)
+        });
+        let reason = Reason::PolicyViolation { rule };
+        let mut error = match index {
+            Some(index) => {
+                let op = &self.ops[index];
+                TxnError::at(index, PtError::IncompatibleMemoryAttributes).with_range(op.va(), op.size())
+            }
+            None => TxnError::whole(PtError::IncompatibleMemoryAttributes),
+        };
+        error = error.with_detail(reason, geometry.to_canonical(linear));
+        Err(error)
+    }
+
+    /// Plans `overlay` without changing anything.
+    fn dry_run(&self, overlay: &Overlay) -> Result<Recorded, TxnError> {
+        let table = self.table;
+        let mut walk = Walk::<C, P>::new(table.allocator(), table.geometry(), table.is_live(), table.pinned());
+        walk.run(self.table.root(), overlay);
+        walk_result(&walk, self.ops)?;
+        Ok(walk.plan)
+    }
+}
+
+/// The error a planning walk over `ops` found, if any.
+fn walk_result<C: Codec, P: PageAllocator>(walk: &Walk<'_, C, P>, ops: &[Op]) -> Result<(), TxnError> {
+    let Some(WalkError { blame, reason, linear }) = walk.error else {
+        return Ok(());
+    };
+    let code = reason.code().unwrap_or(PtError::InternalError);
+    let mut error = TxnError::blaming(blame, code).with_reason(reason);
+    if let Blame::Op(index) = blame {
+        if let Some(op) = ops.get(index) {
+            error = error.with_range(op.va(), op.size());
+        }
+    }
+    if let Some(linear) = linear {
+        error.address = Some(walk.geometry().to_canonical(linear));
+    }
+    Err(error)
+}
