@@ -161,6 +161,37 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Batch<'_, C, P, T> {
     /// Validates and folds the ops. On the first bad op, reports the earliest failing op
     /// among it and those before it.
     fn fold(&self) -> Result<Overlay, TxnError> {
+        if let Some(overlay) = self.sweep() {
+            return Ok(overlay);
+        }
+        self.fold_in_order()
+    }
+
+    /// The overlay of a batch not in address order, built in one sweep; `None` if the ops
+    /// are in address order (folding them only appends), or any op fails (folding in
+    /// order names it).
+    fn sweep(&self) -> Option<Overlay> {
+        // Canonical addresses sort as their linear addresses do.
+        let in_order = self.ops.windows(2).all(|pair| {
+            pair[0]
+                .va()
+                .checked_add(pair[0].size())
+                .is_some_and(|end| end <= pair[1].va())
+        });
+        if in_order {
+            return None;
+        }
+        let geometry = self.table.geometry();
+        let mut checked = alloc::vec::Vec::with_capacity(self.ops.len());
+        for (index, op) in self.ops.iter().enumerate() {
+            let (start, end, change) = check_op::<C>(&geometry, op).ok()?;
+            checked.push((u32::try_from(index).ok()?, start, end, change));
+        }
+        Overlay::sweep(&checked)
+    }
+
+    /// Folds the ops one at a time, in queue order.
+    fn fold_in_order(&self) -> Result<Overlay, TxnError> {
         let geometry = self.table.geometry();
         let mut overlay = Overlay::default();
         for (index, op) in self.ops.iter().enumerate() {

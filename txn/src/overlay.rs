@@ -6,6 +6,8 @@
 //! (`check`) so the planner can verify it against the table. Where a later map overwrites
 //! such a segment, the requirement is kept in `deferred_checks`.
 
+use alloc::vec::Vec;
+
 use smallvec::SmallVec;
 
 use crate::attributes::MemoryAttributes;
@@ -73,6 +75,9 @@ impl Segment {
 
 /// A range the table (before the transaction) must have fully mapped, and the op that needs it.
 pub type Check = (u64, u64, u32);
+
+/// One checked op, ready to fold: its number, linear range and change.
+pub(crate) type Folding = (u32, u64, u64, Change);
 
 /// The folded ops of a transaction.
 #[derive(Debug, Clone, Default)]
@@ -166,6 +171,49 @@ impl Overlay {
         Ok(())
     }
 
+    /// The overlay of `ops` (checked, in queue order) built by one sweep over their sorted
+    /// endpoints, for a batch whose ops are not in address order: folding such ops one by
+    /// one inserts into the middle of the sorted segments and shifts all after each time.
+    /// Each stretch between two consecutive endpoints gets the ops covering it applied in
+    /// queue order, exactly as [`fold`](Self::fold) would, so the segments and deferred
+    /// checks are the same. `None` where folding would fail: the caller folds again, one op
+    /// at a time, to name the failure.
+    pub(crate) fn sweep(ops: &[Folding]) -> Option<Overlay> {
+        let mut points: Vec<u64> = ops.iter().flat_map(|&(_, start, end, _)| [start, end]).collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut by_start: Vec<usize> = (0..ops.len()).collect();
+        by_start.sort_by_key(|&i| ops[i].1);
+        let mut overlay = Overlay::default();
+        // Indices into `ops` of the ops covering the current stretch, in queue order.
+        let mut active: SmallVec<[usize; 8]> = SmallVec::new();
+        let mut next = 0;
+        for stretch in points.windows(2) {
+            let (start, end) = (stretch[0], stretch[1]);
+            active.retain(|&mut i| ops[i].2 > start);
+            while let Some(&i) = by_start.get(next).filter(|&&i| ops[i].1 <= start) {
+                let at = active.partition_point(|&j| j < i);
+                active.insert(at, i);
+                next += 1;
+            }
+            let mut covered: Option<Segment> = None;
+            for &i in &active {
+                let (op, op_start, _, change) = ops[i];
+                covered = Some(match covered {
+                    None => fresh(op, op_start, start, end, change),
+                    Some(old) => overlay.overwrite(op, op_start, &old, change).ok()?,
+                });
+            }
+            if let Some(segment) = covered {
+                match overlay.segments.last_mut() {
+                    Some(last) if last.continued_by(&segment) && last.check == segment.check => last.end = end,
+                    _ => overlay.segments.push(segment),
+                }
+            }
+        }
+        Some(overlay)
+    }
+
     /// What `old` (already cut to the overlapped part) becomes under `change` by `op`,
     /// whose range starts at `op_start`.
     fn overwrite(&mut self, op: u32, op_start: u64, old: &Segment, change: Change) -> Result<Segment, Fault> {
@@ -230,6 +278,70 @@ mod tests {
 
     fn map(pa: u64) -> Change {
         Change::Map { pa, attributes: WB }
+    }
+
+    /// Deferred checks as sorted, coalesced (op, start, end): folding and sweeping may cut
+    /// the same requirement into different pieces.
+    fn normal_checks(checks: &[Check]) -> alloc::vec::Vec<(u32, u64, u64)> {
+        let mut sorted: alloc::vec::Vec<_> = checks.iter().map(|&(start, end, op)| (op, start, end)).collect();
+        sorted.sort_unstable();
+        let mut merged: alloc::vec::Vec<(u32, u64, u64)> = alloc::vec::Vec::new();
+        for (op, start, end) in sorted {
+            match merged.last_mut() {
+                Some(last) if last.0 == op && last.2 >= start => last.2 = last.2.max(end),
+                _ => merged.push((op, start, end)),
+            }
+        }
+        merged
+    }
+
+    #[test]
+    fn a_sweep_builds_what_folding_in_order_builds() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        let (mut agreed, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let count = 2 + next(7) as u32;
+            let ops: alloc::vec::Vec<Folding> = (0..count)
+                .map(|op| {
+                    let start = next(24) * 0x1000;
+                    let end = start + (1 + next(8)) * 0x1000;
+                    let attributes = [WB, RO, WB | RO, MemoryAttributes::ExecuteProtect][next(4) as usize];
+                    let change = match next(3) {
+                        0 => Change::Map {
+                            pa: next(4) * 0x1000,
+                            attributes,
+                        },
+                        1 => Change::Unmap,
+                        _ => Change::Protect { attributes },
+                    };
+                    (op, start, end, change)
+                })
+                .collect();
+            let mut folded = Overlay::default();
+            let folded_ok = ops
+                .iter()
+                .all(|&(op, start, end, change)| folded.fold(op, start, end, change).is_ok());
+            match (folded_ok, Overlay::sweep(&ops)) {
+                (true, Some(swept)) => {
+                    assert_eq!(swept.segments(), folded.segments(), "{ops:?}");
+                    assert_eq!(
+                        normal_checks(swept.deferred_checks()),
+                        normal_checks(folded.deferred_checks()),
+                        "{ops:?}"
+                    );
+                    agreed += 1;
+                }
+                (false, None) => refused += 1,
+                (folded_ok, swept) => panic!("fold ok: {folded_ok}, sweep: {swept:?}, ops {ops:?}"),
+            }
+        }
+        assert!(agreed > 1000 && refused > 1000, "{agreed} agreed, {refused} refused");
     }
 
     #[test]
