@@ -376,4 +376,8 @@ impl<R: Regime> ModelTarget for Aarch64Target<R> {
     fn fail_allocation_at(&self, call: Option<usize>) {
         self.table.allocator().fail_at.set(call);
     }
+
+    fn set_policy(&mut self, policy: Policy) -> Result<(), PtError> {
+        self.table.set_policy(policy)
+    }
 }
