@@ -373,49 +373,7 @@ fn directed_split_and_merge() {
         ("5l_2m", X64_5L_2M),
     ] {
         let mut r = Runner::<X64Target>::new(&format!("directed_split_and_merge_{name}"), cfg);
-        let steps: Vec<Vec<MOp>> = vec![
-            vec![MOp::Map {
-                va: GIB,
-                size: GIB,
-                attrs: wb,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 5 * MIB2 + PAGE,
-                size: PAGE,
-                attrs: MA::ReadOnly,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 5 * MIB2 + PAGE,
-                size: PAGE,
-                attrs: MA::empty(),
-            }],
-            vec![
-                MOp::Unmap {
-                    va: GIB + MIB2,
-                    size: MIB2,
-                },
-                MOp::Map {
-                    va: GIB + MIB2,
-                    size: MIB2,
-                    attrs: wb,
-                },
-            ],
-            vec![MOp::MapAliased {
-                va: 0xFFFF_FFFF_FFE0_0000,
-                pa: 0x4000_0000,
-                size: MIB2,
-                attrs: wb,
-            }],
-            vec![MOp::Unmap { va: GIB, size: GIB }],
-            // Built up page by page, then merged to one leaf by the last page.
-            (0..512)
-                .map(|i| MOp::Map {
-                    va: 0x40_0000 + i * PAGE,
-                    size: PAGE,
-                    attrs: wb,
-                })
-                .collect(),
-        ];
+        let steps = x64_split_merge_steps();
         for ops in steps {
             assert!(r.step(&ops, false), "directed step failed: {ops:x?}");
         }
@@ -770,66 +728,7 @@ fn aarch64_directed_split_and_merge() {
     for (name, cfg) in A64_CONFIGS {
         let mut r = Runner::<Aarch64Target>::new(&format!("aarch64_directed_split_and_merge_{name}"), cfg);
         let top = r.shape.space();
-        let steps: Vec<Vec<MOp>> = vec![
-            vec![MOp::Map {
-                va: GIB,
-                size: GIB,
-                attrs: wb,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 5 * MIB2 + PAGE,
-                size: PAGE,
-                attrs: MA::ReadOnly,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 5 * MIB2 + PAGE,
-                size: PAGE,
-                attrs: MA::empty(),
-            }],
-            // Memory type changes: device memory is execute-never in hardware, but reads
-            // back as mapped.
-            vec![MOp::Protect {
-                va: GIB + 7 * MIB2,
-                size: MIB2,
-                attrs: MA::Uncached,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 7 * MIB2,
-                size: PAGE,
-                attrs: MA::UncachedExport | MA::ExecuteProtect | MA::ReadProtect,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 7 * MIB2,
-                size: MIB2,
-                attrs: wb,
-            }],
-            vec![
-                MOp::Unmap {
-                    va: GIB + MIB2,
-                    size: MIB2,
-                },
-                MOp::Map {
-                    va: GIB + MIB2,
-                    size: MIB2,
-                    attrs: wb,
-                },
-            ],
-            vec![MOp::MapAliased {
-                va: top - MIB2,
-                pa: 0x4000_0000,
-                size: MIB2,
-                attrs: wb,
-            }],
-            vec![MOp::Unmap { va: GIB, size: GIB }],
-            // Built up page by page, then merged to one block by the last page.
-            (0..512)
-                .map(|i| MOp::Map {
-                    va: 0x40_0000 + i * PAGE,
-                    size: PAGE,
-                    attrs: MA::WriteThrough,
-                })
-                .collect(),
-        ];
+        let steps = aarch64_split_merge_steps(top);
         for ops in steps {
             assert!(r.step(&ops, false), "directed step failed: {ops:x?}");
         }

@@ -709,6 +709,56 @@ pub fn model_policy<T: ModelTarget>(t: &T) -> Policy {
         .data(5 * GIB + 3 * MIB2, 0x30_0000)
 }
 
+/// The directed X64 scenario of `tests/model.rs` (also a fuzz seed): a GiB mapped, a page
+/// in it made read-only and back (split and merge at 2 MiB), a 2 MiB hole refilled, an
+/// alias at the top of the space, the GiB unmapped, then a 2 MiB page built page by page.
+pub fn x64_split_merge_steps() -> Vec<Vec<MOp>> {
+    let wb = MA::Writeback;
+    vec![
+        vec![MOp::Map {
+            va: GIB,
+            size: GIB,
+            attrs: wb,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 5 * MIB2 + PAGE,
+            size: PAGE,
+            attrs: MA::ReadOnly,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 5 * MIB2 + PAGE,
+            size: PAGE,
+            attrs: MA::empty(),
+        }],
+        vec![
+            MOp::Unmap {
+                va: GIB + MIB2,
+                size: MIB2,
+            },
+            MOp::Map {
+                va: GIB + MIB2,
+                size: MIB2,
+                attrs: wb,
+            },
+        ],
+        vec![MOp::MapAliased {
+            va: 0xFFFF_FFFF_FFE0_0000,
+            pa: 0x4000_0000,
+            size: MIB2,
+            attrs: wb,
+        }],
+        vec![MOp::Unmap { va: GIB, size: GIB }],
+        // Built up page by page, then merged to one leaf by the last page.
+        (0..512)
+            .map(|i| MOp::Map {
+                va: 0x40_0000 + i * PAGE,
+                size: PAGE,
+                attrs: wb,
+            })
+            .collect(),
+    ]
+}
+
 // ------------------------------------------------------------------------------------------
 // Minimal table pages of the canonical form, from the model alone
 // ------------------------------------------------------------------------------------------
