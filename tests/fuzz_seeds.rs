@@ -123,13 +123,15 @@ fn familiar_seeds(corpus: &mut Corpus, rng: &mut Rng) {
     let a64 = <Aarch64Target>::build(A64_CFG, 1);
     for aarch64 in [false, true] {
         let arch = arch_name(aarch64);
+        // The last step builds a 2 MiB page from 512 one-page maps: the first 32 keep the
+        // seed small and quick to run.
         let directed: Vec<Call> = if aarch64 {
             aarch64_split_merge_steps(a64.shape().space())
         } else {
             x64_split_merge_steps()
         }
         .into_iter()
-        .flatten()
+        .flat_map(|step| step.into_iter().take(32))
         .map(call_of)
         .collect();
         let mut seeds = vec![("directed-split-merge".to_string(), directed)];
@@ -148,10 +150,16 @@ fn familiar_seeds(corpus: &mut Corpus, rng: &mut Rng) {
             seeds.push((format!("random-{k}"), calls));
         }
         for (name, calls) in seeds {
-            // The few calls the format cannot carry (sizes in 4 GiB..2^62) are left out.
+            // Left out: the calls the format cannot carry (sizes above 1 GiB, below 2^62), and
+            // aliased maps of more than 16 MiB whose output is not 2 MiB aligned with their
+            // input: the planner records each of their 4 KiB entries before it finds the pool
+            // (32 pages) too small, ~140 ms a GiB under AddressSanitizer, and such seeds would
+            // slow the whole run (see `WIDE_SIZE_CAP`).
+            let slow =
+                |c: &Call| matches!(*c, Call::Alias { va, pa, size, .. } if size > 16 << 20 && (va ^ pa) % MIB2 != 0);
             let calls: Vec<Call> = calls
                 .into_iter()
-                .filter(|c| common::encode_calls(aarch64, &[*c]).is_some())
+                .filter(|c| common::encode_calls(aarch64, &[*c]).is_some() && !slow(c))
                 .collect();
             let bytes = common::encode_calls(aarch64, &calls).expect("every call encodes");
             assert_eq!(
@@ -473,7 +481,7 @@ fn image_seeds(corpus: &mut Corpus, rng: &mut Rng) {
                 .into_iter()
                 .flatten()
                 .filter_map(image_op)
-                .take(16)
+                .take(8)
                 .collect();
             (random, changes)
         };
@@ -627,7 +635,7 @@ fn negative_control_round_trip_notices_a_wrong_encoding() {
     assert_eq!(common::encode_policy_op(&alias, false), None);
     let huge = Call::Map {
         va: 0,
-        size: 8 << 30,
+        size: 2 << 30,
         attributes: MA::Writeback,
     };
     assert_eq!(common::encode_calls(false, &[huge]), None);

@@ -150,12 +150,13 @@ pub enum Call {
 /// Attribute bits a narrow call can carry.
 pub const NARROW_ATTRIBUTES: u64 = 0x2_700F;
 
-/// Wide sizes below 2^62 are reduced modulo this. The planner records every store before it
-/// allocates, so a map needing millions of 4 KiB entries takes memory in proportion (found
-/// by `familiar_api`: 184 GiB aliased 1 MiB off alignment, ~48M stores; see
-/// docs/verification.md). 4 GiB keeps the model tests' whole-GiB ops; larger sizes (2^62
-/// and up) still reach the range checks.
-pub const WIDE_SIZE_CAP: u64 = 4 << 30;
+/// Wide sizes below 2^62 are reduced to at most this (modulo `WIDE_SIZE_CAP + 1`). The
+/// planner records every store before it allocates, so a map needing millions of 4 KiB
+/// entries takes time and memory in proportion (found by `familiar_api`: 184 GiB aliased
+/// 1 MiB off alignment, ~48M stores, out of memory; see docs/verification.md). 1 GiB keeps
+/// the model tests' whole-GiB ops of one GiB; larger sizes (2^62 and up) still reach the
+/// range checks.
+pub const WIDE_SIZE_CAP: u64 = 1 << 30;
 
 impl Call {
     fn kind(&self) -> u8 {
@@ -192,7 +193,7 @@ pub fn decode_calls(data: &[u8]) -> (bool, Vec<Call>) {
         let size = if wide {
             let raw = bytes.u64();
             if raw >> 62 == 0 {
-                raw % WIDE_SIZE_CAP
+                raw % (WIDE_SIZE_CAP + 1)
             } else {
                 raw
             }
@@ -221,7 +222,7 @@ pub fn decode_calls(data: &[u8]) -> (bool, Vec<Call>) {
 }
 
 /// Encodes `calls` for `familiar_api`, narrow where the call fits; `None` if a size is one
-/// the decoder cannot produce (`WIDE_SIZE_CAP..2^62`).
+/// the decoder cannot produce (above `WIDE_SIZE_CAP`, below 2^62).
 pub fn encode_calls(aarch64: bool, calls: &[Call]) -> Option<Vec<u8>> {
     let mut out = Out::default();
     out.u8(u8::from(aarch64));
@@ -239,7 +240,7 @@ pub fn encode_calls(aarch64: bool, calls: &[Call]) -> Option<Vec<u8>> {
             out.u8((size >> 12) as u8);
             out.u64(attributes.bits());
         } else {
-            if size >> 62 == 0 && size >= WIDE_SIZE_CAP {
+            if size >> 62 == 0 && size > WIDE_SIZE_CAP {
                 return None;
             }
             // The first byte with bit 7 set whose remainder mod 5 is the call's kind.
