@@ -1,7 +1,10 @@
 //! Randomized reference-model tests: random transactions and one-op calls on 4- and
 //! 5-level X64 tables and 3- and 4-level AArch64 tables, with and without 1 GiB pages
 //! (blocks), checked after every commit against a reference model (see `model_support`),
-//! plus allocation-failure injection.
+//! plus allocation-failure injection. The `policy_*` runs do the same on tables with a
+//! strict protection policy (`model_policy`): the model also predicts every refusal (rule,
+//! op, address), and a refused transaction must change no byte, allocate nothing and leak
+//! no page.
 //!
 //! `TXPAGING_SEED=<n>` replays a run (a failing test prints its seed), `TXPAGING_SEED=random`
 //! explores a fresh one;
@@ -11,7 +14,7 @@ mod model_support;
 
 use model_support::*;
 use txpaging::aarch64::El2;
-use txpaging::{MemoryAttributes as MA, PtError, Reason, TxnError};
+use txpaging::{MemoryAttributes as MA, PtError, Reason, Rule, TxnError};
 
 const X64_4L_1G: X64Cfg = X64Cfg {
     five_level: false,
@@ -51,6 +54,9 @@ const A64_4L_2M: Aarch64Cfg = Aarch64Cfg {
 const TXN_SHARE: u64 = 90;
 const ONE_OP_SHARE: u64 = 20;
 const ALLOC_SHARE: u64 = 20;
+/// Policy-on runs: 8 more configurations (5 transactional, 3 one-op).
+const POLICY_TXN_SHARE: u64 = 30;
+const POLICY_ONE_OP_SHARE: u64 = 15;
 
 fn random_transactions<T: ModelTarget>(test: &str, cfg: T::Config) {
     let mut runner = Runner::<T>::new(test, cfg);
@@ -70,6 +76,44 @@ fn allocation_failures<T: ModelTarget>(test: &str, cfg: T::Config) {
     runner.gen.bad_percent = 1;
     runner.run_alloc_failures(ops_budget(ALLOC_SHARE), 60);
     println!("{}", runner.summary(test));
+}
+
+/// Every rule the policy-on runs must see refused at least once, and commits accepted.
+fn policy_coverage<T: ModelTarget>(test: &str, runner: &Runner<T>) {
+    let rules = [
+        Rule::NullPage,
+        Rule::WriteXorExecute,
+        Rule::ExecutableMmio,
+        Rule::WritableCode,
+        Rule::ExecutableData,
+    ];
+    for rule in rules {
+        assert!(
+            runner.stats.refusals.get(&rule).copied().unwrap_or(0) > 0,
+            "{test}: no transaction refused for {rule:?}: {:?}",
+            runner.stats.refusals
+        );
+    }
+    assert!(
+        runner.stats.commits > runner.stats.refusals.values().sum::<u64>(),
+        "{test}: more refusals than commits"
+    );
+}
+
+fn policy_transactions<T: ModelTarget>(test: &str, cfg: T::Config) {
+    let policy = model_policy(&T::build(cfg, 1));
+    let mut runner = Runner::<T>::with_policy(test, cfg, policy);
+    runner.run_random(ops_budget(POLICY_TXN_SHARE), false, 150);
+    println!("{}", runner.summary(test));
+    policy_coverage(test, &runner);
+}
+
+fn policy_one_ops<T: ModelTarget>(test: &str, cfg: T::Config) {
+    let policy = model_policy(&T::build(cfg, 1));
+    let mut runner = Runner::<T>::with_policy(test, cfg, policy);
+    runner.run_random(ops_budget(POLICY_ONE_OP_SHARE), true, 300);
+    println!("{}", runner.summary(test));
+    policy_coverage(test, &runner);
 }
 
 macro_rules! model_tests {
@@ -114,6 +158,14 @@ model_tests! {
     one_op_api_aarch64_el2_4level_2m: random_one_ops(Aarch64Target<El2>, A64_4L_2M);
     allocation_failures_aarch64_el2_3level_1g: allocation_failures(Aarch64Target<El2>, A64_3L_1G);
     allocation_failures_aarch64_el2_4level_2m: allocation_failures(Aarch64Target<El2>, A64_4L_2M);
+    policy_transactions_x64_4level_1g: policy_transactions(X64Target, X64_4L_1G);
+    policy_transactions_x64_5level_2m: policy_transactions(X64Target, X64_5L_2M);
+    policy_one_op_api_x64_4level_2m: policy_one_ops(X64Target, X64_4L_2M);
+    policy_transactions_aarch64_3level_1g: policy_transactions(Aarch64Target, A64_3L_1G);
+    policy_transactions_aarch64_4level_2m: policy_transactions(Aarch64Target, A64_4L_2M);
+    policy_one_op_api_aarch64_4level_1g: policy_one_ops(Aarch64Target, A64_4L_1G);
+    policy_transactions_aarch64_el2_4level_1g: policy_transactions(Aarch64Target<El2>, A64_4L_1G);
+    policy_one_op_api_aarch64_el2_3level_2m: policy_one_ops(Aarch64Target<El2>, A64_3L_2M);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -321,49 +373,7 @@ fn directed_split_and_merge() {
         ("5l_2m", X64_5L_2M),
     ] {
         let mut r = Runner::<X64Target>::new(&format!("directed_split_and_merge_{name}"), cfg);
-        let steps: Vec<Vec<MOp>> = vec![
-            vec![MOp::Map {
-                va: GIB,
-                size: GIB,
-                attrs: wb,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 5 * MIB2 + PAGE,
-                size: PAGE,
-                attrs: MA::ReadOnly,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 5 * MIB2 + PAGE,
-                size: PAGE,
-                attrs: MA::empty(),
-            }],
-            vec![
-                MOp::Unmap {
-                    va: GIB + MIB2,
-                    size: MIB2,
-                },
-                MOp::Map {
-                    va: GIB + MIB2,
-                    size: MIB2,
-                    attrs: wb,
-                },
-            ],
-            vec![MOp::MapAliased {
-                va: 0xFFFF_FFFF_FFE0_0000,
-                pa: 0x4000_0000,
-                size: MIB2,
-                attrs: wb,
-            }],
-            vec![MOp::Unmap { va: GIB, size: GIB }],
-            // Built up page by page, then merged to one leaf by the last page.
-            (0..512)
-                .map(|i| MOp::Map {
-                    va: 0x40_0000 + i * PAGE,
-                    size: PAGE,
-                    attrs: wb,
-                })
-                .collect(),
-        ];
+        let steps = x64_split_merge_steps();
         for ops in steps {
             assert!(r.step(&ops, false), "directed step failed: {ops:x?}");
         }
@@ -718,66 +728,7 @@ fn aarch64_directed_split_and_merge() {
     for (name, cfg) in A64_CONFIGS {
         let mut r = Runner::<Aarch64Target>::new(&format!("aarch64_directed_split_and_merge_{name}"), cfg);
         let top = r.shape.space();
-        let steps: Vec<Vec<MOp>> = vec![
-            vec![MOp::Map {
-                va: GIB,
-                size: GIB,
-                attrs: wb,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 5 * MIB2 + PAGE,
-                size: PAGE,
-                attrs: MA::ReadOnly,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 5 * MIB2 + PAGE,
-                size: PAGE,
-                attrs: MA::empty(),
-            }],
-            // Memory type changes: device memory is execute-never in hardware, but reads
-            // back as mapped.
-            vec![MOp::Protect {
-                va: GIB + 7 * MIB2,
-                size: MIB2,
-                attrs: MA::Uncached,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 7 * MIB2,
-                size: PAGE,
-                attrs: MA::UncachedExport | MA::ExecuteProtect | MA::ReadProtect,
-            }],
-            vec![MOp::Protect {
-                va: GIB + 7 * MIB2,
-                size: MIB2,
-                attrs: wb,
-            }],
-            vec![
-                MOp::Unmap {
-                    va: GIB + MIB2,
-                    size: MIB2,
-                },
-                MOp::Map {
-                    va: GIB + MIB2,
-                    size: MIB2,
-                    attrs: wb,
-                },
-            ],
-            vec![MOp::MapAliased {
-                va: top - MIB2,
-                pa: 0x4000_0000,
-                size: MIB2,
-                attrs: wb,
-            }],
-            vec![MOp::Unmap { va: GIB, size: GIB }],
-            // Built up page by page, then merged to one block by the last page.
-            (0..512)
-                .map(|i| MOp::Map {
-                    va: 0x40_0000 + i * PAGE,
-                    size: PAGE,
-                    attrs: MA::WriteThrough,
-                })
-                .collect(),
-        ];
+        let steps = aarch64_split_merge_steps(top);
         for ops in steps {
             assert!(r.step(&ops, false), "directed step failed: {ops:x?}");
         }

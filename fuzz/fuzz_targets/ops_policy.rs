@@ -1,25 +1,18 @@
 //! Random transactions on a table with a strict policy and on a copy without: a commit the
 //! policy refuses must be one the copy accepts, with a final state that breaks the named
 //! rule at the named address; every other outcome must be the copy's, and the tables stay
-//! equal. Both architectures.
+//! equal. Both architectures. Input format: `common::decode_txns`.
 #![no_main]
 
 mod common;
 
-use common::Bytes;
 use libfuzzer_sys::fuzz_target;
 use txpaging::{MemoryAttributes as A, Op, Policy, Reason, Rule};
 
 const CODE: (u64, u64) = (0x60_0000, 0x1_0000);
 
 fuzz_target!(|data: &[u8]| {
-    let mut bytes = Bytes(data);
-    let aarch64 = bytes.u8() & 1 == 1;
-    let mut txns: Vec<Vec<Op>> = Vec::new();
-    while !bytes.is_empty() && txns.len() < 16 {
-        let n = 1 + bytes.u8() % 4;
-        txns.push((0..n).map(|_| op(&mut bytes, aarch64)).collect());
-    }
+    let (aarch64, txns) = common::decode_txns(data);
     if aarch64 {
         check(
             txns,
@@ -40,35 +33,6 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
-
-fn op(bytes: &mut Bytes<'_>, aarch64: bool) -> Op {
-    let va = [0, 0x3F_E000, 0x5F_E000, 0x80_0000][usize::from(bytes.u8() % 4)] + u64::from(bytes.u8() % 8) * 0x1000;
-    let size = (1 + u64::from(bytes.u8() % 4)) * 0x1000;
-    let access = A::from_bits_retain(
-        u64::from(bytes.u8() % 8) << 13 & 0x2_6000 | if bytes.u8() & 1 == 1 { A::ReadOnly.bits() } else { 0 },
-    );
-    let access = access & (A::ReadOnly | A::ExecuteProtect | A::ReadProtect);
-    let cache = [A::Writeback, A::Uncached, A::WriteCombining, A::UncachedExport][usize::from(bytes.u8() % 4)];
-    match bytes.u8() % 4 {
-        0 | 1 => Op::Map {
-            va,
-            pa: va,
-            size,
-            attributes: cache | access,
-        },
-        2 => Op::Unmap { va, size },
-        _ if aarch64 => Op::Protect {
-            va,
-            size,
-            attributes: access,
-        },
-        _ => Op::Protect {
-            va,
-            size,
-            attributes: access | cache,
-        },
-    }
-}
 
 fn predicted(va: u64, a: A) -> Option<Rule> {
     if a.contains(A::ReadProtect) {

@@ -376,4 +376,74 @@ impl<R: Regime> ModelTarget for Aarch64Target<R> {
     fn fail_allocation_at(&self, call: Option<usize>) {
         self.table.allocator().fail_at.set(call);
     }
+
+    fn set_policy(&mut self, policy: Policy) -> Result<(), PtError> {
+        self.table.set_policy(policy)
+    }
+}
+
+/// The directed AArch64 scenario of `tests/model.rs` (also a fuzz seed) for a space whose
+/// top is `top`: the X64 one plus memory-type changes, with the alias at the top of TTBR0.
+pub fn aarch64_split_merge_steps(top: u64) -> Vec<Vec<MOp>> {
+    let wb = MA::Writeback;
+    vec![
+        vec![MOp::Map {
+            va: GIB,
+            size: GIB,
+            attrs: wb,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 5 * MIB2 + PAGE,
+            size: PAGE,
+            attrs: MA::ReadOnly,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 5 * MIB2 + PAGE,
+            size: PAGE,
+            attrs: MA::empty(),
+        }],
+        // Memory type changes: device memory is execute-never in hardware, but reads
+        // back as mapped.
+        vec![MOp::Protect {
+            va: GIB + 7 * MIB2,
+            size: MIB2,
+            attrs: MA::Uncached,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 7 * MIB2,
+            size: PAGE,
+            attrs: MA::UncachedExport | MA::ExecuteProtect | MA::ReadProtect,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 7 * MIB2,
+            size: MIB2,
+            attrs: wb,
+        }],
+        vec![
+            MOp::Unmap {
+                va: GIB + MIB2,
+                size: MIB2,
+            },
+            MOp::Map {
+                va: GIB + MIB2,
+                size: MIB2,
+                attrs: wb,
+            },
+        ],
+        vec![MOp::MapAliased {
+            va: top - MIB2,
+            pa: 0x4000_0000,
+            size: MIB2,
+            attrs: wb,
+        }],
+        vec![MOp::Unmap { va: GIB, size: GIB }],
+        // Built up page by page, then merged to one block by the last page.
+        (0..512)
+            .map(|i| MOp::Map {
+                va: 0x40_0000 + i * PAGE,
+                size: PAGE,
+                attrs: MA::WriteThrough,
+            })
+            .collect(),
+    ]
 }

@@ -11,6 +11,9 @@
 //! - [`Runner`]: generates random transactions, predicts them with the model, runs them on
 //!   the target and checks everything after each commit (or that a failed commit changed
 //!   no byte).
+//! - [`ModelPolicy`]: with a protection [`Policy`] on the table, the model predicts which
+//!   valid transactions the policy refuses (the rule, the op and the first offending
+//!   address), from the model's final state over the touched ranges.
 //!
 //! Seeds: `TXPAGING_SEED` (decimal or 0x-hex) fixes the base seed, `TXPAGING_SEED=random`
 //! draws a fresh one; unset, a fixed default keeps CI repeatable. A failing test prints it. `TXPAGING_MODEL_OPS` sets the total number
@@ -24,7 +27,7 @@ use std::sync::OnceLock;
 
 use txpaging::{
     Codec, CommitReport, MappedRegion, MemoryAttributes as MA, MmuOp, PageAllocator, PagePool, PageTable, PagingType,
-    Plan, PtError, Reason, RecordingMmu, Tlb, Transaction, TxnError, X64Config, X64PageTable,
+    Plan, Policy, PtError, Reason, RecordingMmu, Rule, Rules, Tlb, Transaction, TxnError, X64Config, X64PageTable,
 };
 
 pub const PAGE: u64 = 4096;
@@ -600,6 +603,163 @@ impl Model {
 }
 
 // ------------------------------------------------------------------------------------------
+// The protection policy, predicted from the model
+// ------------------------------------------------------------------------------------------
+
+/// A [`Policy`] as the model reads it (docs of `Policy` and `Rule`): every present page of
+/// a transaction's final state, over the ranges its ops touch, must obey the rules; a
+/// `ReadProtect` page is not present, an unmapped one is not checked.
+#[derive(Debug, Clone)]
+pub struct ModelPolicy {
+    pub policy: Policy,
+    /// Registered code and data ranges, linear `start..end`.
+    code: Vec<(u64, u64)>,
+    data: Vec<(u64, u64)>,
+}
+
+impl ModelPolicy {
+    pub fn new(shape: &Shape, policy: Policy) -> Self {
+        let linear = |ranges: &[(u64, u64)]| {
+            ranges
+                .iter()
+                .map(|&(va, size)| shape.check_range(va, size).expect("a policy range valid in this mode"))
+                .collect()
+        };
+        Self {
+            code: linear(policy.code_ranges()),
+            data: linear(policy.data_ranges()),
+            policy,
+        }
+    }
+
+    /// The rule broken first in `after` (the model once `ops` ran) over the ranges `ops`
+    /// touch, at its lowest linear address; at one address the first rule in `Rule`'s
+    /// order. `None` if the transaction obeys the policy.
+    pub fn violation(&self, shape: &Shape, after: &Model, ops: &[MOp]) -> Option<(Rule, u64)> {
+        let rules = self.policy.rules();
+        let mut touched: Vec<(u64, u64)> = ops
+            .iter()
+            .map(|op| {
+                let (va, size) = op.range();
+                shape.check_range(va, size).expect("a valid transaction")
+            })
+            .collect();
+        touched.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (s, e) in touched {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        let mut found: Option<(u64, Rule)> = None;
+        for (s, e) in merged {
+            for piece in after.clipped(s, e) {
+                let a = piece.attrs;
+                if a.contains(MA::ReadProtect) {
+                    continue;
+                }
+                let writable = !a.contains(MA::ReadOnly);
+                let executable = !a.contains(MA::ExecuteProtect);
+                let mut candidates = Vec::new();
+                if rules.contains(Rules::NO_NULL_PAGE) && piece.start == 0 {
+                    candidates.push((0, Rule::NullPage));
+                }
+                if rules.contains(Rules::WRITE_XOR_EXECUTE) && writable && executable {
+                    candidates.push((piece.start, Rule::WriteXorExecute));
+                }
+                if rules.contains(Rules::NO_EXECUTABLE_MMIO)
+                    && executable
+                    && a.intersects(MA::Uncached | MA::UncachedExport)
+                {
+                    candidates.push((piece.start, Rule::ExecutableMmio));
+                }
+                let overlaps = |ranges: &[(u64, u64)], rule| {
+                    ranges
+                        .iter()
+                        .filter(|&&(rs, re)| rs < piece.end && piece.start < re)
+                        .map(|&(rs, _)| (rs.max(piece.start), rule))
+                        .min()
+                };
+                if writable {
+                    candidates.extend(overlaps(&self.code, Rule::WritableCode));
+                }
+                if executable {
+                    candidates.extend(overlaps(&self.data, Rule::ExecutableData));
+                }
+                if let Some(first) = candidates.into_iter().min() {
+                    found = Some(found.map_or(first, |f| f.min(first)));
+                }
+            }
+        }
+        found.map(|(address, rule)| (rule, address))
+    }
+}
+
+/// The policy of the policy-on model runs on `t`: strict (W^X, no NULL page, no executable
+/// MMIO), 64 KiB of code at 0x60_0000 and 256 KiB at the start of the highest window plus
+/// 2 MiB, 2 MiB of data across the first 1 GiB boundary and 3 MiB in the whole-GiB
+/// playground. Every range lies in a window the generator draws from.
+pub fn model_policy<T: ModelTarget>(t: &T) -> Policy {
+    let top = t.windows().iter().map(|w| w.base).max().expect("windows");
+    Policy::strict()
+        .code(0x60_0000, 0x1_0000)
+        .code(top + MIB2, 0x4_0000)
+        .data(GIB - 0x10_0000, MIB2)
+        .data(5 * GIB + 3 * MIB2, 0x30_0000)
+}
+
+/// The directed X64 scenario of `tests/model.rs` (also a fuzz seed): a GiB mapped, a page
+/// in it made read-only and back (split and merge at 2 MiB), a 2 MiB hole refilled, an
+/// alias at the top of the space, the GiB unmapped, then a 2 MiB page built page by page.
+pub fn x64_split_merge_steps() -> Vec<Vec<MOp>> {
+    let wb = MA::Writeback;
+    vec![
+        vec![MOp::Map {
+            va: GIB,
+            size: GIB,
+            attrs: wb,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 5 * MIB2 + PAGE,
+            size: PAGE,
+            attrs: MA::ReadOnly,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 5 * MIB2 + PAGE,
+            size: PAGE,
+            attrs: MA::empty(),
+        }],
+        vec![
+            MOp::Unmap {
+                va: GIB + MIB2,
+                size: MIB2,
+            },
+            MOp::Map {
+                va: GIB + MIB2,
+                size: MIB2,
+                attrs: wb,
+            },
+        ],
+        vec![MOp::MapAliased {
+            va: 0xFFFF_FFFF_FFE0_0000,
+            pa: 0x4000_0000,
+            size: MIB2,
+            attrs: wb,
+        }],
+        vec![MOp::Unmap { va: GIB, size: GIB }],
+        // Built up page by page, then merged to one leaf by the last page.
+        (0..512)
+            .map(|i| MOp::Map {
+                va: 0x40_0000 + i * PAGE,
+                size: PAGE,
+                attrs: wb,
+            })
+            .collect(),
+    ]
+}
+
+// ------------------------------------------------------------------------------------------
 // Minimal table pages of the canonical form, from the model alone
 // ------------------------------------------------------------------------------------------
 
@@ -738,6 +898,8 @@ pub trait ModelTarget: Sized {
     fn pool(&self) -> &PagePool;
     /// Makes allocation call number `call` (pool lifetime count) fail.
     fn fail_allocation_at(&self, call: Option<usize>);
+    /// Sets the table's protection policy.
+    fn set_policy(&mut self, policy: Policy) -> Result<(), PtError>;
 }
 
 /// A [`PagePool`] whose failure injection can be armed through a shared reference.
@@ -1044,6 +1206,10 @@ impl ModelTarget for X64Target {
     fn fail_allocation_at(&self, call: Option<usize>) {
         self.table.allocator().fail_at.set(call);
     }
+
+    fn set_policy(&mut self, policy: Policy) -> Result<(), PtError> {
+        self.table.set_policy(policy)
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1253,6 +1419,10 @@ pub struct Gen {
     total_weight: u64,
     /// Percent of ops that break an argument rule.
     pub bad_percent: u64,
+    /// Percent of valid ops made to obey a strict policy (W^X, no executable MMIO, no NULL
+    /// page) where they would not; 0 leaves them as drawn. Policy-on runs set it, so that
+    /// most transactions commit and refusals stay frequent.
+    pub tame_percent: u64,
 }
 
 impl Gen {
@@ -1265,6 +1435,60 @@ impl Gen {
             invalid_addresses: t.invalid_addresses(),
             total_weight,
             bad_percent: 3,
+            tame_percent: 0,
+        }
+    }
+
+    /// This generator drawing from `windows` only.
+    pub fn with_windows(mut self, windows: Vec<Window>) -> Self {
+        self.total_weight = windows.iter().map(|w| w.weight).sum();
+        self.windows = windows;
+        self
+    }
+
+    /// `op` made to obey a strict policy, with probability `tame_percent`.
+    fn tame(&self, rng: &mut Rng, op: MOp) -> MOp {
+        if self.tame_percent == 0 || !rng.chance(self.tame_percent) {
+            return op;
+        }
+        let obey = |rng: &mut Rng, mut a: MA| {
+            if a.contains(MA::ReadProtect) {
+                return a;
+            }
+            if !a.intersects(MA::ReadOnly | MA::ExecuteProtect) {
+                a |= if rng.chance(65) {
+                    MA::ExecuteProtect
+                } else {
+                    MA::ReadOnly
+                };
+            }
+            if a.intersects(MA::Uncached | MA::UncachedExport) {
+                a |= MA::ExecuteProtect;
+            }
+            a
+        };
+        match op {
+            MOp::Map { va, size, attrs } => {
+                // Off the NULL page, where that keeps the range in the space.
+                let va = if va == 0 && size < GIB { PAGE } else { va };
+                MOp::Map {
+                    va,
+                    size,
+                    attrs: obey(rng, attrs),
+                }
+            }
+            MOp::MapAliased { va, pa, size, attrs } => MOp::MapAliased {
+                va: if va == 0 && size < GIB { PAGE } else { va },
+                pa,
+                size,
+                attrs: obey(rng, attrs),
+            },
+            MOp::Protect { va, size, attrs } => MOp::Protect {
+                va,
+                size,
+                attrs: obey(rng, attrs),
+            },
+            unmap => unmap,
         }
     }
 
@@ -1487,6 +1711,11 @@ impl Gen {
         if rng.chance(self.bad_percent) {
             return self.bad_op::<T>(rng);
         }
+        let op = self.valid_op::<T>(rng, model);
+        self.tame(rng, op)
+    }
+
+    fn valid_op<T: ModelTarget>(&self, rng: &mut Rng, model: &Model) -> MOp {
         let kind = rng.below(100);
         if kind >= 55 {
             // Unmap or protect: mostly over mapped ranges, sometimes anywhere.
@@ -1567,6 +1796,8 @@ pub struct Stats {
     pub errors: BTreeMap<String, u64>,
     /// Largest number of allocations of one commit under failure injection.
     pub max_injected_n: usize,
+    /// Valid transactions the policy refused, by rule.
+    pub refusals: BTreeMap<Rule, u64>,
 }
 
 pub struct Runner<T: ModelTarget> {
@@ -1583,6 +1814,8 @@ pub struct Runner<T: ModelTarget> {
     /// above, every `heavy_every`-th commit.
     pub heavy_limit: usize,
     pub heavy_every: u64,
+    /// The table's protection policy, if any (see [`Runner::with_policy`]).
+    pub policy: Option<ModelPolicy>,
 }
 
 /// Pool size of the model tests: room for a few 4 KiB-mapped GiBs.
@@ -1608,12 +1841,32 @@ impl<T: ModelTarget> Runner<T> {
             pool_pages: POOL_PAGES,
             heavy_limit: 96,
             heavy_every: 8,
+            policy: None,
         }
     }
 
-    /// Starts over with a fresh table and pool.
+    /// A runner whose table has `policy`, and whose generator mostly obeys it
+    /// ([`Gen::tame_percent`]): the model predicts every refusal.
+    pub fn with_policy(test: &str, cfg: T::Config, policy: Policy) -> Self {
+        let mut runner = Self::new(test, cfg);
+        runner.policy = Some(ModelPolicy::new(&runner.shape, policy));
+        runner.gen.tame_percent = 90;
+        runner.apply_policy();
+        runner
+    }
+
+    fn apply_policy(&mut self) {
+        if let Some(p) = &self.policy {
+            self.target
+                .set_policy(p.policy.clone())
+                .expect("the policy fits the table");
+        }
+    }
+
+    /// Starts over with a fresh table and pool (and the same policy).
     pub fn rebuild(&mut self) {
         self.target = T::build(self.cfg, self.pool_pages);
+        self.apply_policy();
         self.model = Model::default();
         self.check(true);
     }
@@ -1800,6 +2053,11 @@ impl<T: ModelTarget> Runner<T> {
                 false
             }
             Ok(next) => {
+                let violation = self.policy.as_ref().and_then(|p| p.violation(&self.shape, &next, ops));
+                if let Some((rule, linear)) = violation {
+                    self.refused(ops, one_op_api, rule, linear);
+                    return false;
+                }
                 let leaves = self.leaves_touched(ops);
                 let report = if one_op_api {
                     let got = self.target.one_op(&ops[0]);
@@ -1845,6 +2103,61 @@ impl<T: ModelTarget> Runner<T> {
                 true
             }
         }
+    }
+
+    /// Runs `ops`, valid but breaking `rule` at linear `linear` (the model's prediction),
+    /// and checks the refusal: the exact error (rule, last op covering the address, the
+    /// address), table bytes and root unchanged, no allocation, no page leaked, no TLB
+    /// maintenance.
+    fn refused(&mut self, ops: &[MOp], one_op_api: bool, rule: Rule, linear: u64) {
+        *self.stats.refusals.entry(rule).or_default() += 1;
+        let address = self.shape.to_canonical(linear);
+        let op = ops
+            .iter()
+            .rposition(|op| {
+                let (va, size) = op.range();
+                let (s, e) = self.shape.check_range(va, size).expect("a valid op");
+                s <= linear && linear < e
+            })
+            .expect("an op covers the offending address");
+        let before = snapshot(self.target.pool());
+        let root = self.target.root();
+        let live = self.target.pool().live_pages();
+        let allocations = self.target.pool().allocations();
+        let context = format!("the model predicts {rule:?} at {address:#x} (op {op})");
+        if one_op_api {
+            let got = self.target.one_op(&ops[0]);
+            assert_eq!(got, Err(PtError::IncompatibleMemoryAttributes), "one-op API: {context}");
+        } else {
+            let plan_first = self.rng.chance(50);
+            let (plan, got) = self.target.transaction(ops, plan_first);
+            let got = match got {
+                Err(e) => e,
+                Ok(report) => panic!("commit() succeeded ({report:?}), but {context}"),
+            };
+            if let Some(plan) = plan {
+                assert_eq!(plan.err(), Some(got), "plan() vs commit()");
+            }
+            assert_eq!(
+                got.code(),
+                (Some(op), PtError::IncompatibleMemoryAttributes),
+                "{got}: {context}"
+            );
+            assert_eq!(got.reason, Reason::PolicyViolation { rule }, "{got}: {context}");
+            assert_eq!(got.address, Some(address), "{got}: {context}");
+            assert_eq!(got.range, Some(ops[op].range()), "{got}: {context}");
+        }
+        assert_eq!(self.target.root(), root);
+        assert!(
+            snapshot(self.target.pool()) == before,
+            "a refused commit changed table bytes"
+        );
+        let pool = self.target.pool();
+        assert_eq!(pool.live_pages(), live, "a refused commit leaked pages");
+        assert_eq!(pool.allocations(), allocations, "a refused commit called the allocator");
+        assert_eq!(pool.bad_frees(), 0);
+        let log = self.target.take_tlb_log();
+        assert!(log.is_empty(), "a refused commit touched the TLB: {log:?}");
     }
 
     /// All checks of the table against the model.
@@ -2111,7 +2424,11 @@ impl<T: ModelTarget> Runner<T> {
             s.tlb_leaf_checks,
             s.max_injected_n,
             s.errors
-        )
+        ) + &if self.policy.is_some() {
+            format!("\n    policy refusals {:?}", s.refusals)
+        } else {
+            String::new()
+        }
     }
 }
 

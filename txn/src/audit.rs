@@ -30,7 +30,9 @@ pub struct AuditRange {
 
 impl fmt::Debug for AuditRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}..{:?}", Hex(self.va), Hex(self.va + self.size))
+        // The end may be 2^64 (a range at the top of the space).
+        let end = u128::from(self.va) + u128::from(self.size);
+        write!(f, "{:?}..{end:#x}", Hex(self.va))
     }
 }
 
@@ -82,21 +84,34 @@ impl Audit {
 /// Appends `va..va + size` to `ranges`, merged with the last range if adjacent.
 fn push(ranges: &mut Vec<AuditRange>, va: u64, size: u64) {
     match ranges.last_mut() {
-        Some(last) if last.va + last.size == va => last.size += size,
+        Some(last) if last.va.checked_add(last.size) == Some(va) => last.size += size,
         _ => ranges.push(AuditRange { va, size }),
     }
 }
 
-/// Calls `emit(start, end)` for each piece of `start..end` outside every range of `covered`
-/// (half-open pairs, sorted by start).
-fn outside(start: u64, end: u64, covered: &[(u64, u64)], emit: &mut dyn FnMut(u64, u64)) {
+/// A half-open range whose end may be 2^64 (a region or code range at the top of the space).
+type Span = (u128, u128);
+
+/// `size` bytes at `start` as a [`Span`].
+fn span(start: u64, size: u64) -> Span {
+    (u128::from(start), u128::from(start) + u128::from(size))
+}
+
+/// `emit(start, size)` for a non-empty piece of a span (it fits: a piece is at most a region).
+fn piece(a: u128, b: u128, emit: &mut dyn FnMut(u64, u64)) {
+    emit(a as u64, (b - a) as u64);
+}
+
+/// Calls `emit(start, size)` for each piece of `range` outside every range of `covered`
+/// (sorted by start).
+fn outside((start, end): Span, covered: &[Span], emit: &mut dyn FnMut(u64, u64)) {
     let mut cursor = start;
     for &(from, to) in covered {
         if to <= cursor || from >= end {
             continue;
         }
         if from > cursor {
-            emit(cursor, from);
+            piece(cursor, from, emit);
         }
         cursor = cursor.max(to);
         if cursor >= end {
@@ -104,16 +119,16 @@ fn outside(start: u64, end: u64, covered: &[(u64, u64)], emit: &mut dyn FnMut(u6
         }
     }
     if cursor < end {
-        emit(cursor, end);
+        piece(cursor, end, emit);
     }
 }
 
-/// Calls `emit(start, end)` for each piece of `start..end` inside a range of `covered`.
-fn inside(start: u64, end: u64, covered: &[(u64, u64)], emit: &mut dyn FnMut(u64, u64)) {
+/// Calls `emit(start, size)` for each piece of `range` inside a range of `covered`.
+fn inside((start, end): Span, covered: &[Span], emit: &mut dyn FnMut(u64, u64)) {
     for &(from, to) in covered {
         let (a, b) = (from.max(start), to.min(end));
         if a < b {
-            emit(a, b);
+            piece(a, b, emit);
         }
     }
 }
@@ -124,14 +139,12 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
     /// be empty: not checked) is the UEFI memory map the mappings' physical pages should lie
     /// in.
     pub fn audit(&self, memory_map: &[MemoryMapEntry]) -> Audit {
-        let mut code: Vec<(u64, u64)> = self
-            .policy()
-            .code_ranges()
-            .iter()
-            .filter_map(|&(a, s)| Some((a, a.checked_add(s)?)))
-            .collect();
+        let mut code: Vec<Span> = self.policy().code_ranges().iter().map(|&(a, s)| span(a, s)).collect();
         code.sort_unstable();
-        let mut map: Vec<(u64, u64)> = memory_map.iter().map(|&(s, e, _)| (s, e)).collect();
+        let mut map: Vec<Span> = memory_map
+            .iter()
+            .map(|&(s, e, _)| (u128::from(s), u128::from(e)))
+            .collect();
         map.sort_unstable();
         let mut audit = Audit {
             memory_map_checked: !memory_map.is_empty(),
@@ -145,7 +158,7 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
             if attributes.contains(MemoryAttributes::ReadProtect) {
                 continue;
             }
-            let (va, end) = (region.va, region.va + region.size);
+            let va = region.va;
             let writable = !attributes.contains(MemoryAttributes::ReadOnly);
             let executable = !attributes.contains(MemoryAttributes::ExecuteProtect);
             if writable && executable {
@@ -158,17 +171,19 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
                 push(&mut audit.null_page, va, PAGE_SIZE);
             }
             if executable {
-                outside(va, end, &code, &mut |a, b| {
-                    push(&mut audit.executable_outside_code, a, b - a)
+                outside(span(va, region.size), &code, &mut |a, size| {
+                    push(&mut audit.executable_outside_code, a, size)
                 });
             }
             if writable {
-                inside(va, end, &code, &mut |a, b| push(&mut audit.writable_code, a, b - a));
+                inside(span(va, region.size), &code, &mut |a, size| {
+                    push(&mut audit.writable_code, a, size)
+                });
             }
             if audit.memory_map_checked {
-                let (pa, pa_end) = (region.pa, region.pa + region.size);
-                outside(pa, pa_end, &map, &mut |a, b| {
-                    push(&mut audit.outside_memory_map, va + (a - pa), b - a)
+                let pa = region.pa;
+                outside(span(pa, region.size), &map, &mut |a, size| {
+                    push(&mut audit.outside_memory_map, va + (a - pa), size)
                 });
             }
         }
@@ -255,7 +270,7 @@ impl fmt::Display for Audit {
                 ranges.len().min(SHOWN)
             };
             for r in &ranges[..shown] {
-                writeln!(f, "    {:#018x}-{:#018x}  {}", r.va, r.va + r.size - 1, Size(r.size))?;
+                writeln!(f, "    {:#018x}-{:#018x}  {}", r.va, r.va + (r.size - 1), Size(r.size))?;
             }
             if shown < ranges.len() {
                 writeln!(f, "    ... and {} more (`{{:#}}` lists all)", ranges.len() - shown)?;
