@@ -58,7 +58,7 @@ pub(crate) fn apply<C: Codec, P: PageAllocator>(
     };
     // New tables are unreachable until a store links them, so they can be filled first.
     for (table, &page) in plan.new_tables.iter().zip(pages) {
-        memory.fill(page, |index| table.entry::<C>(index));
+        table.fill::<C, P>(&memory, page);
     }
     if plan.phased {
         let into_new = |store: &&Store| matches!(store.table, TableRef::New(_));

@@ -182,8 +182,8 @@ impl Overlay {
         let mut points: Vec<u64> = ops.iter().flat_map(|&(_, start, end, _)| [start, end]).collect();
         points.sort_unstable();
         points.dedup();
-        let mut by_start: Vec<usize> = (0..ops.len()).collect();
-        by_start.sort_by_key(|&i| ops[i].1);
+        let mut by_start: Vec<(u64, usize)> = ops.iter().enumerate().map(|(i, op)| (op.1, i)).collect();
+        by_start.sort_unstable();
         let mut overlay = Overlay::default();
         // Indices into `ops` of the ops covering the current stretch, in queue order.
         let mut active: SmallVec<[usize; 8]> = SmallVec::new();
@@ -191,7 +191,7 @@ impl Overlay {
         for stretch in points.windows(2) {
             let (start, end) = (stretch[0], stretch[1]);
             active.retain(|&mut i| ops[i].2 > start);
-            while let Some(&i) = by_start.get(next).filter(|&&i| ops[i].1 <= start) {
+            while let Some(&(_, i)) = by_start.get(next).filter(|&&(op_start, _)| op_start <= start) {
                 let at = active.partition_point(|&j| j < i);
                 active.insert(at, i);
                 next += 1;

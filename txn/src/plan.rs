@@ -255,9 +255,21 @@ pub(crate) struct NewTable {
 }
 
 impl NewTable {
-    /// The initial raw entry `index`.
-    pub(crate) fn entry<C: Codec>(&self, index: usize) -> u64 {
-        view_entry::<C>(self.view, index, self.level)
+    /// Fills `page` with the table's initial entries. A split's leaves step by one entry
+    /// size in their raw value (see [`RAW_ADDRESS_LIMIT`]), so they are computed, not each
+    /// encoded.
+    pub(crate) fn fill<C: Codec, P: PageAllocator>(&self, memory: &TableMemory<'_, P>, page: u64) {
+        let size = Geometry::entry_size(self.level);
+        match self.view {
+            View::Split { pa, attributes } if pa + ENTRIES_PER_TABLE as u64 * size <= RAW_ADDRESS_LIMIT => {
+                let mut value = C::encode_leaf(pa, attributes, self.level);
+                for entry in memory.entries(page) {
+                    entry.store(value, Ordering::Relaxed);
+                    value += size;
+                }
+            }
+            view => memory.fill(page, |index| view_entry::<C>(view, index, self.level)),
+        }
     }
 }
 
