@@ -12,7 +12,7 @@ use crate::codec::INVALID_ENTRY;
 use crate::geometry::PAGE_SIZE;
 use crate::memory::TableMemory;
 use crate::plan::{Recorded, Store, TableRef, Value};
-use crate::tlb::{Barrier, Tlb};
+use crate::tlb::{after_stores, Barrier, Tlb};
 
 /// Pages for the plan's new tables, in the plan's order.
 pub(crate) type Pages = SmallVec<[u64; 4]>;
@@ -72,14 +72,10 @@ pub(crate) fn apply<C: Codec, P: PageAllocator>(
             tlb.barrier(Barrier::Invalidations);
         }
         plan.stores.iter().filter(|store| !into_new(store)).for_each(write);
-        tlb.barrier(Barrier::Stores);
-        plan.flush.issue(tlb);
-        tlb.barrier(Barrier::Invalidations);
-        tlb.barrier(Barrier::Instructions);
     } else {
         plan.stores.iter().for_each(write);
-        plan.flush.issue(tlb);
     }
+    after_stores(tlb, plan.phased, || plan.flush.issue(tlb));
     plan.freed.iter().map(|&table| resolve(table)).collect()
 }
 

@@ -21,15 +21,15 @@
 use crate::allocator::{allocate_table_page, PageAllocator};
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
+use crate::decide::{fold_untouched, new_entry, Edges, Outcome, Slot, Summary};
 use crate::error::TxnError;
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
 use crate::op::{check_op, Op};
 use crate::overlay::Change;
-use crate::plan::{Outcome, Slot, Summary};
 use crate::report::{CommitReport, Committed, Retired};
 use crate::table::Tables;
-use crate::tlb::{Barrier, FlushBatch, Tlb};
+use crate::tlb::{after_stores, FlushBatch, Tlb};
 
 /// How many new entries pass 1 keeps for pass 2 (larger changes are encoded twice).
 const KEPT_ENTRIES: usize = 8;
@@ -43,6 +43,43 @@ struct Span {
     first: usize,
     /// Number of pages.
     count: usize,
+}
+
+/// The pages of a span in one last-level table.
+struct Changes {
+    table: u64,
+    span: Span,
+}
+
+impl Changes {
+    /// The one store-and-invalidate loop of the fast path: stores `new(page, old)` into
+    /// each page of the span whose entry changes, recording in `flush` the invalidation of
+    /// each live entry it replaces. Returns the number of stores.
+    #[inline(always)]
+    fn write<C: Codec, P: PageAllocator>(
+        &self,
+        memory: &TableMemory<'_, P>,
+        geometry: &Geometry,
+        flush: &mut FlushBatch,
+        mut new: impl FnMut(usize, u64) -> u64,
+    ) -> usize {
+        let Span { start, first, count } = self.span;
+        let mut written = 0;
+        for page in 0..count {
+            let index = first + page;
+            let old = memory.read(self.table, index);
+            let raw = new(page, old);
+            if raw != old {
+                memory.write(self.table, index, raw);
+                written += 1;
+                if C::is_live(old) {
+                    let va = start + page as u64 * PAGE_SIZE;
+                    flush.record(geometry.to_canonical(va), C::invalidation_pages(old, 0));
+                }
+            }
+        }
+        written
+    }
 }
 
 /// Commits `op` directly if it changes entries of one existing last-level table and that
@@ -111,7 +148,7 @@ fn commit_in_table<C: Codec, P: PageAllocator, T: Tlb, const KEEP_BATCH: bool>(
     // changes are kept for pass 2.
     let mut summary = Summary::new(0, geometry.leaf_allowed(1));
     let mut kept = [INVALID_ENTRY; KEPT_ENTRIES];
-    let mut edges = Edges::default();
+    let mut edges = Edges::UNKNOWN;
     for page in 0..count {
         let index = first + page;
         let old = memory.read(last_level, index);
@@ -126,7 +163,15 @@ fn commit_in_table<C: Codec, P: PageAllocator, T: Tlb, const KEEP_BATCH: bool>(
         edges.note(page, raw, slot);
         summary.add(index, slot);
     }
-    fold_untouched_pages::<C, P>(&memory, last_level, first, first + count, edges, &mut summary);
+    fold_untouched::<C, P>(
+        &memory,
+        last_level,
+        0,
+        (first, first + count - 1),
+        |_| true,
+        edges,
+        &mut summary,
+    );
     match summary.outcome() {
         Outcome::Empty => return None,
         Outcome::Uniform { pa, .. } if geometry.leaf_allowed(1) && pa % table_span == 0 => return None,
@@ -145,32 +190,16 @@ fn commit_in_table<C: Codec, P: PageAllocator, T: Tlb, const KEEP_BATCH: bool>(
     }
     // Pass 2: the stores, then one invalidation batch.
     let mut flush = FlushBatch::for_table::<C>(table.is_live());
-    let mut written = 0;
-    for page in 0..count {
-        let index = first + page;
-        let old = memory.read(last_level, index);
-        let new = match kept.get(page) {
-            Some(&raw) if count <= KEPT_ENTRIES => raw,
-            // Pass 1 accepted the same old entry, so this cannot fail.
-            _ => new_entry::<C>(change, page, old).map_or(old, |(raw, _)| raw),
-        };
-        if new != old {
-            memory.write(last_level, index, new);
-            written += 1;
-            if C::is_live(old) {
-                let va = start + page as u64 * PAGE_SIZE;
-                flush.record(geometry.to_canonical(va), C::invalidation_pages(old, 0));
-            }
-        }
-    }
-    if phased {
-        table.tlb().barrier(Barrier::Stores);
-    }
-    flush.issue(table.tlb());
-    if phased {
-        table.tlb().barrier(Barrier::Invalidations);
-        table.tlb().barrier(Barrier::Instructions);
-    }
+    let changes = Changes {
+        table: last_level,
+        span: Span { start, first, count },
+    };
+    let written = changes.write::<C, P>(&memory, &geometry, &mut flush, |page, old| match kept.get(page) {
+        Some(&raw) if count <= KEPT_ENTRIES => raw,
+        // Pass 1 accepted the same old entry, so this cannot fail.
+        _ => new_entry::<C>(change, page, old).map_or(old, |(raw, _)| raw),
+    });
+    after_stores(table.tlb(), phased, || flush.issue(table.tlb()));
     let report = CommitReport {
         entries_written: written,
         pages_invalidated: flush.page_count(),
@@ -204,18 +233,13 @@ fn commit_one_page<C: Codec, P: PageAllocator, T: Tlb, const KEEP_BATCH: bool>(
             invalidation = Some(C::invalidation_pages(old, 0));
         }
     }
-    if phased {
-        table.tlb().barrier(Barrier::Stores);
-    }
-    if let Some(pages) = invalidation {
-        let issued = FlushBatch::issue_single::<C>(table.tlb(), table.is_live(), va, pages);
+    let issued = after_stores(table.tlb(), phased, || {
+        invalidation.map(|pages| FlushBatch::issue_single::<C>(table.tlb(), table.is_live(), va, pages))
+    });
+    if let Some(issued) = issued {
         report.pages_invalidated = issued.pages;
         report.full_flushes = usize::from(issued.full);
         report.invalidation_batches = usize::from(issued.any);
-    }
-    if phased {
-        table.tlb().barrier(Barrier::Invalidations);
-        table.tlb().barrier(Barrier::Instructions);
     }
     let flush = KEEP_BATCH.then(|| {
         let mut flush = FlushBatch::for_table::<C>(table.is_live());
@@ -283,14 +307,22 @@ fn collapse<C: Codec, P: PageAllocator, T: Tlb>(
     let memory = TableMemory::new(table.allocator());
     let Span { start, first, count } = span;
     let mut summary = Summary::new(0, geometry.leaf_allowed(1));
-    let mut edges = Edges::default();
+    let mut edges = Edges::UNKNOWN;
     for page in 0..count {
         let index = first + page;
         let (raw, slot) = new_entry::<C>(change, page, memory.read(last_level, index))?;
         edges.note(page, raw, slot);
         summary.add(index, slot);
     }
-    fold_untouched_pages::<C, P>(&memory, last_level, first, first + count, edges, &mut summary);
+    fold_untouched::<C, P>(
+        &memory,
+        last_level,
+        0,
+        (first, first + count - 1),
+        |_| true,
+        edges,
+        &mut summary,
+    );
     let (entry1, slot1) = match summary.outcome() {
         Outcome::Uniform { pa, attributes } if pa % Geometry::entry_size(1) == 0 => {
             (C::encode_leaf(pa, attributes, 1), Slot::Leaf { pa, attributes })
@@ -301,7 +333,9 @@ fn collapse<C: Codec, P: PageAllocator, T: Tlb>(
     let index1 = Geometry::index(start, 1);
     let mut above = Summary::new(1, geometry.leaf_allowed(2));
     above.add(index1, slot1);
-    fold_untouched::<C, P>(&memory, level1, 1, index1, index1 + 1, &mut above);
+    let edge = (entry1, slot1);
+    let edges = Edges { low: edge, high: edge };
+    fold_untouched::<C, P>(&memory, level1, 1, (index1, index1), |_| true, edges, &mut above);
     match above.outcome() {
         Outcome::Empty => return None,
         Outcome::Uniform { pa, .. } if geometry.leaf_allowed(2) && pa % Geometry::entry_size(2) == 0 => return None,
@@ -311,21 +345,14 @@ fn collapse<C: Codec, P: PageAllocator, T: Tlb>(
     // table about to be freed are made too, with their invalidations: the merge's own
     // invalidation covers the whole range only where one invalidation covers a large page.
     let mut flush = FlushBatch::for_table::<C>(table.is_live());
-    let mut written = 0;
-    for page in 0..count {
-        let index = first + page;
-        let old = memory.read(last_level, index);
-        // The summary above accepted the same old entry, so this cannot fail.
-        let new = new_entry::<C>(change, page, old).map_or(old, |(raw, _)| raw);
-        if new != old {
-            memory.write(last_level, index, new);
-            written += 1;
-            if C::is_live(old) {
-                let va = start + page as u64 * PAGE_SIZE;
-                flush.record(geometry.to_canonical(va), C::invalidation_pages(old, 0));
-            }
-        }
-    }
+    let changes = Changes {
+        table: last_level,
+        span,
+    };
+    // The summary above accepted the same old entries, so this cannot fail.
+    let mut written = changes.write::<C, P>(&memory, &geometry, &mut flush, |page, old| {
+        new_entry::<C>(change, page, old).map_or(old, |(raw, _)| raw)
+    });
     // Dropping the table pointer also drops paging-structure caches (SDM 4.10.4.1).
     let old = memory.read(level1, index1);
     memory.write(level1, index1, entry1);
@@ -413,18 +440,8 @@ fn split_leaf<C: Codec, P: PageAllocator, T: Tlb>(
     // Linking a table with the leaf's translations changes no address: no invalidation.
     memory.write(level1, Geometry::index(start, 1), C::encode_table(page_pa, 1));
     let mut flush = FlushBatch::for_table::<C>(table.is_live());
-    let mut written = 0;
-    for page in 0..count {
-        let (old, new) = changes(page);
-        if new != old {
-            memory.write(page_pa, first + page, new);
-            written += 1;
-            if C::is_live(old) {
-                let va = start + page as u64 * PAGE_SIZE;
-                flush.record(geometry.to_canonical(va), C::invalidation_pages(old, 0));
-            }
-        }
-    }
+    let written =
+        Changes { table: page_pa, span }.write::<C, P>(&memory, &geometry, &mut flush, |page, _| changes(page).1);
     flush.issue(table.tlb());
     Some(Ok(committed(
         CommitReport {
@@ -446,149 +463,5 @@ fn committed(mut report: CommitReport, flush: FlushBatch, retired: Retired) -> C
         report,
         invalidations: flush,
         retired,
-    }
-}
-
-/// Folds the entries of `table` (of `level`) outside `changed` into `summary`, nearest
-/// first (a mismatch usually sits right beside the change), until the outcome is known.
-fn fold_untouched<C: Codec, P: PageAllocator>(
-    memory: &TableMemory<'_, P>,
-    table: u64,
-    level: u8,
-    changed_start: usize,
-    changed_end: usize,
-    summary: &mut Summary,
-) {
-    let mut after = changed_end;
-    while summary.undecided() && after < ENTRIES_PER_TABLE {
-        summary.add(after, slot_of::<C>(memory.read(table, after), level));
-        after += 1;
-    }
-    let mut before = changed_start;
-    while summary.undecided() && before > 0 {
-        before -= 1;
-        summary.add(before, slot_of::<C>(memory.read(table, before), level));
-    }
-}
-
-/// The new first and last entries of a change, beside which the untouched entries start.
-#[derive(Clone, Copy)]
-struct Edges {
-    low: (u64, Slot),
-    high: (u64, Slot),
-}
-
-impl Default for Edges {
-    fn default() -> Self {
-        Self {
-            low: (INVALID_ENTRY, Slot::Invalid),
-            high: (INVALID_ENTRY, Slot::Invalid),
-        }
-    }
-}
-
-impl Edges {
-    /// Notes page number `page` of the change: its new raw entry and slot.
-    #[inline(always)]
-    fn note(&mut self, page: usize, raw: u64, slot: Slot) {
-        if page == 0 {
-            self.low = (raw, slot);
-        }
-        self.high = (raw, slot);
-    }
-}
-
-/// Folds the untouched entries of the last-level table `table` (the change covers
-/// `changed_start..changed_end`, whose new edge entries are `edges`) into `summary`, nearest
-/// first, until the outcome is known.
-///
-/// While the summary is undecided after a leaf, it is uniform; an entry whose raw value is
-/// its folded neighbour's plus (or minus) one page, within the same 2 MiB frame, is that leaf
-/// continued and cannot change it, so it is skipped without decoding. The frame bound keeps
-/// the arithmetic inside address bits 12..=20 on every architecture, so the raw values
-/// compare exactly as the decoded leaves would. Likewise an all-zero entry beside an invalid
-/// one: once an invalid slot is folded the summary is no longer uniform, and another cannot
-/// change it. This is what makes finding a merge or an empty table cheap.
-#[inline(always)]
-fn fold_untouched_pages<C: Codec, P: PageAllocator>(
-    memory: &TableMemory<'_, P>,
-    table: u64,
-    changed_start: usize,
-    changed_end: usize,
-    edges: Edges,
-    summary: &mut Summary,
-) {
-    const FRAME: u64 = PAGE_SIZE * ENTRIES_PER_TABLE as u64;
-    let (mut neighbour_raw, mut neighbour) = edges.high;
-    let mut after = changed_end;
-    while summary.undecided() && after < ENTRIES_PER_TABLE {
-        let raw = memory.read(table, after);
-        neighbour = match neighbour {
-            Slot::Leaf { pa, attributes }
-                if raw == neighbour_raw.wrapping_add(PAGE_SIZE) && pa % FRAME != FRAME - PAGE_SIZE =>
-            {
-                Slot::Leaf {
-                    pa: pa + PAGE_SIZE,
-                    attributes,
-                }
-            }
-            Slot::Invalid if raw == INVALID_ENTRY => Slot::Invalid,
-            _ => {
-                let slot = slot_of::<C>(raw, 0);
-                summary.add(after, slot);
-                slot
-            }
-        };
-        neighbour_raw = raw;
-        after += 1;
-    }
-    let (mut neighbour_raw, mut neighbour) = edges.low;
-    let mut before = changed_start;
-    while summary.undecided() && before > 0 {
-        before -= 1;
-        let raw = memory.read(table, before);
-        neighbour = match neighbour {
-            Slot::Leaf { pa, attributes } if raw == neighbour_raw.wrapping_sub(PAGE_SIZE) && pa % FRAME != 0 => {
-                Slot::Leaf {
-                    pa: pa - PAGE_SIZE,
-                    attributes,
-                }
-            }
-            Slot::Invalid if raw == INVALID_ENTRY => Slot::Invalid,
-            _ => {
-                let slot = slot_of::<C>(raw, 0);
-                summary.add(before, slot);
-                slot
-            }
-        };
-        neighbour_raw = raw;
-    }
-}
-
-/// The summary slot of an entry of a table at `level`.
-#[inline]
-fn slot_of<C: Codec>(raw: u64, level: u8) -> Slot {
-    match C::decode(raw, level) {
-        Entry::Leaf { pa, attributes } => Slot::Leaf { pa, attributes },
-        Entry::Invalid => Slot::Invalid,
-        Entry::Table(_) => Slot::Table,
-    }
-}
-
-/// The new raw entry and its slot for page number `page` of `change`, given the old raw
-/// entry; `None` where a precondition fails.
-fn new_entry<C: Codec>(change: Change, page: usize, old: u64) -> Option<(u64, Slot)> {
-    let offset = page as u64 * PAGE_SIZE;
-    match (change, C::decode(old, 0)) {
-        (Change::Map { pa, attributes }, _) => {
-            let pa = pa + offset;
-            Some((C::encode_leaf(pa, attributes, 0), Slot::Leaf { pa, attributes }))
-        }
-        (Change::Unmap, Entry::Leaf { .. }) => Some((INVALID_ENTRY, Slot::Invalid)),
-        (Change::Protect { attributes: change }, Entry::Leaf { pa, attributes }) => {
-            let attributes = attributes.reprotected(change);
-            Some((C::encode_leaf(pa, attributes, 0), Slot::Leaf { pa, attributes }))
-        }
-        _ => None,
     }
 }

@@ -20,6 +20,7 @@ mod attributes;
 mod audit;
 mod codec;
 mod commit;
+mod decide;
 mod error;
 mod fast;
 mod geometry;

@@ -59,6 +59,20 @@ impl Segment {
         }
     }
 
+    /// The change the segment makes to its first page.
+    pub(crate) fn change(&self) -> Change {
+        match self.action {
+            Action::Map { pa } => Change::Map {
+                pa,
+                attributes: self.attributes,
+            },
+            Action::Unmap => Change::Unmap,
+            Action::Protect => Change::Protect {
+                attributes: self.attributes,
+            },
+        }
+    }
+
     /// Whether `next` continues `self` with the same effect (ignoring `check`).
     pub fn continued_by(&self, next: &Segment) -> bool {
         self.end == next.start

@@ -25,6 +25,7 @@ use smallvec::SmallVec;
 use crate::allocator::PageAllocator;
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
+use crate::decide::{fold_untouched, new_entry, Edges, Outcome, Slot, Summary};
 use crate::error::{Blame, Reason};
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
@@ -67,14 +68,6 @@ enum View {
     Split { pa: u64, attributes: MemoryAttributes },
 }
 
-/// The final state of one entry, as its parent sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slot {
-    Invalid,
-    Leaf { pa: u64, attributes: MemoryAttributes },
-    Table,
-}
-
 /// What an op covering a whole entry does to it.
 enum Covered {
     /// The entry becomes this leaf or invalid entry.
@@ -102,67 +95,6 @@ enum Link {
     Reserved(usize),
     /// A new table, linked once complete.
     Unlinked,
-}
-
-/// What a table became after the walk changed it.
-pub(crate) enum Outcome {
-    /// Every entry invalid.
-    Empty,
-    /// Every entry a leaf; together one contiguous mapping of `pa` with `attributes`.
-    Uniform { pa: u64, attributes: MemoryAttributes },
-    /// Anything else.
-    Mixed,
-}
-
-/// Folds entries into an `Outcome`, in any order.
-pub(crate) struct Summary {
-    entry_size: u64,
-    empty: bool,
-    uniform: bool,
-    first: Option<(u64, MemoryAttributes)>,
-}
-
-impl Summary {
-    pub(crate) fn new(level: u8, can_merge: bool) -> Self {
-        Self {
-            entry_size: Geometry::entry_size(level),
-            empty: true,
-            uniform: can_merge,
-            first: None,
-        }
-    }
-
-    pub(crate) fn undecided(&self) -> bool {
-        self.empty || self.uniform
-    }
-
-    pub(crate) fn add(&mut self, index: usize, slot: Slot) {
-        match slot {
-            Slot::Invalid => self.uniform = false,
-            Slot::Table => {
-                self.empty = false;
-                self.uniform = false;
-            }
-            Slot::Leaf { pa, attributes } => {
-                self.empty = false;
-                if self.uniform {
-                    let base = pa.wrapping_sub(index as u64 * self.entry_size);
-                    match self.first {
-                        None => self.first = Some((base, attributes)),
-                        Some(first) => self.uniform = first == (base, attributes),
-                    }
-                }
-            }
-        }
-    }
-
-    pub(crate) fn outcome(&self) -> Outcome {
-        match self.first {
-            _ if self.empty => Outcome::Empty,
-            Some((pa, attributes)) if self.uniform => Outcome::Uniform { pa, attributes },
-            _ => Outcome::Mixed,
-        }
-    }
 }
 
 /// The part of the overlay covering an entry, when it covers it with one effect.
@@ -699,25 +631,12 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
         }
         // Fold in the entries the walk did not change.
         match view {
-            View::Empty => summary.uniform = false,
+            View::Empty => summary.add(0, Slot::Invalid),
             View::Split { pa, attributes } => summary.add(0, Slot::Leaf { pa, attributes }),
-            View::Memory(_) => {
-                // Untouched entries, nearest first: a mismatch usually sits right beside the change.
-                let after = highest + 1..ENTRIES_PER_TABLE;
-                let before = (0..lowest).rev();
-                let between = (lowest..highest).filter(|&i| touched[i / 64] & (1 << (i % 64)) == 0);
-                for index in after.chain(before).chain(between) {
-                    let raw = self.old_entry(view, index, level);
-                    let slot = match C::decode(raw, level) {
-                        Entry::Invalid => Slot::Invalid,
-                        Entry::Table(_) => Slot::Table,
-                        Entry::Leaf { pa, attributes } => Slot::Leaf { pa, attributes },
-                    };
-                    summary.add(index, slot);
-                    if !summary.undecided() {
-                        break;
-                    }
-                }
+            View::Memory(table) => {
+                let changed = |index: usize| touched[index / 64] & (1 << (index % 64)) != 0;
+                let range = (lowest, highest);
+                fold_untouched::<C, P>(&self.memory, table, level, range, changed, Edges::UNKNOWN, &mut summary);
             }
         }
         summary.outcome()
@@ -758,28 +677,26 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
                         continue;
                     }
                 }
+                // The page decision the one-op fast path makes too.
                 let old_raw = self.old_entry(view, index, 0);
-                let old = C::decode(old_raw, 0);
-                let slot = match self.cover_effect(segment.action, segment.attributes, old, 0) {
-                    Covered::Becomes(new) => {
-                        let at = Position {
-                            table: target,
-                            index,
-                            level: 0,
-                            va: entry_va,
-                        };
-                        self.replace(at, old_raw, old, new, None);
-                        new
+                let slot = match new_entry::<C>(segment.change(), 0, old_raw) {
+                    Some((new_raw, slot)) => {
+                        if new_raw != old_raw {
+                            let at = Position {
+                                table: target,
+                                index,
+                                level: 0,
+                                va: entry_va,
+                            };
+                            self.store_page(at, old_raw, new_raw);
+                        }
+                        slot
                     }
-                    Covered::Missing => {
+                    // An unmap or protect of a page that maps nothing.
+                    None => {
                         if let Some(op) = segment.check {
                             self.not_mapped(op, entry_va);
                         }
-                        Slot::Invalid
-                    }
-                    // A page is always a leaf or invalid, and every page is covered.
-                    Covered::Descend => {
-                        self.fail(Blame::Transaction, Reason::Internal, None);
                         Slot::Invalid
                     }
                 };
