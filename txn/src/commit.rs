@@ -7,9 +7,9 @@ use crate::apply::{apply, give_back, Pages};
 use crate::codec::Codec;
 use crate::error::{Blame, Fault, PtError, Reason, TxnError};
 use crate::op::{check_op, Op};
-use crate::overlay::{Action, Change, Overlay};
+use crate::overlay::{Change, Overlay};
 use crate::plan::{Recorded, Walk, WalkError};
-use crate::report::{CommitReport, Committed, FinalState, Plan, PlannedRange, Retired};
+use crate::report::{CommitReport, Committed, Plan, PlannedRange, Retired};
 use crate::table::Tables;
 use crate::tlb::Tlb;
 
@@ -135,16 +135,7 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Batch<'_, C, P, T> {
             .map(|s| PlannedRange {
                 va: geometry.to_canonical(s.start),
                 size: s.end - s.start,
-                state: match s.action {
-                    Action::Map { pa } => FinalState::Mapped {
-                        pa,
-                        attributes: s.attributes,
-                    },
-                    Action::Unmap => FinalState::Unmapped,
-                    Action::Protect => FinalState::Reprotected {
-                        attributes: s.attributes,
-                    },
-                },
+                state: s.change().into(),
             })
             .collect();
         Ok(Plan {

@@ -52,6 +52,35 @@ struct Changes {
 }
 
 impl Changes {
+    /// Pass 1 of the fast path: decides every page of the span (`accept(page, old, new)`
+    /// may refuse one) and what the table becomes, scanning the untouched entries as
+    /// needed. `None` if a page fails its precondition or is refused.
+    #[inline(always)]
+    fn decide<C: Codec, P: PageAllocator>(
+        &self,
+        memory: &TableMemory<'_, P>,
+        geometry: &Geometry,
+        change: Change,
+        mut accept: impl FnMut(usize, u64, u64) -> bool,
+    ) -> Option<Outcome> {
+        let Span { first, count, .. } = self.span;
+        let mut summary = Summary::new(0, geometry.leaf_allowed(1));
+        let mut edges = Edges::UNKNOWN;
+        for page in 0..count {
+            let index = first + page;
+            let old = memory.read(self.table, index);
+            let (raw, slot) = new_entry::<C>(change, page, old)?;
+            if !accept(page, old, raw) {
+                return None;
+            }
+            edges.note(page, raw, slot);
+            summary.add(index, slot);
+        }
+        let changed = (first, first + count - 1);
+        fold_untouched::<C, P>(memory, self.table, 0, changed, |_| true, edges, &mut summary);
+        Some(summary.outcome())
+    }
+
     /// The one store-and-invalidate loop of the fast path: stores `new(page, old)` into
     /// each page of the span whose entry changes, recording in `flush` the invalidation of
     /// each live entry it replaces. Returns the number of stores.
@@ -146,33 +175,23 @@ fn commit_in_table<C: Codec, P: PageAllocator, T: Tlb, const KEEP_BATCH: bool>(
     let count = ((end - start) / PAGE_SIZE) as usize;
     // Pass 1: every page qualifies, and the table stays a table. The new entries of small
     // changes are kept for pass 2.
-    let mut summary = Summary::new(0, geometry.leaf_allowed(1));
     let mut kept = [INVALID_ENTRY; KEPT_ENTRIES];
-    let mut edges = Edges::UNKNOWN;
-    for page in 0..count {
-        let index = first + page;
-        let old = memory.read(last_level, index);
-        let (raw, slot) = new_entry::<C>(change, page, old)?;
+    let span = Span { start, first, count };
+    let outcome = Changes {
+        table: last_level,
+        span,
+    }
+    .decide::<C, P>(&memory, &geometry, change, |page, old, raw| {
         // Arm ARM D8.14.1: a change needing a break goes through the planner's phases.
         if phased && C::is_live(old) && C::needs_break(old, raw, 0) {
-            return None;
+            return false;
         }
         if let Some(keep) = kept.get_mut(page) {
             *keep = raw;
         }
-        edges.note(page, raw, slot);
-        summary.add(index, slot);
-    }
-    fold_untouched::<C, P>(
-        &memory,
-        last_level,
-        0,
-        (first, first + count - 1),
-        |_| true,
-        edges,
-        &mut summary,
-    );
-    match summary.outcome() {
+        true
+    })?;
+    match outcome {
         Outcome::Empty => return None,
         Outcome::Uniform { pa, .. } if geometry.leaf_allowed(1) && pa % table_span == 0 => return None,
         _ => {}
@@ -305,25 +324,13 @@ fn collapse<C: Codec, P: PageAllocator, T: Tlb>(
 ) -> Option<Committed> {
     let geometry = table.geometry();
     let memory = TableMemory::new(table.allocator());
-    let Span { start, first, count } = span;
-    let mut summary = Summary::new(0, geometry.leaf_allowed(1));
-    let mut edges = Edges::UNKNOWN;
-    for page in 0..count {
-        let index = first + page;
-        let (raw, slot) = new_entry::<C>(change, page, memory.read(last_level, index))?;
-        edges.note(page, raw, slot);
-        summary.add(index, slot);
-    }
-    fold_untouched::<C, P>(
-        &memory,
-        last_level,
-        0,
-        (first, first + count - 1),
-        |_| true,
-        edges,
-        &mut summary,
-    );
-    let (entry1, slot1) = match summary.outcome() {
+    let Span { start, .. } = span;
+    let changes = Changes {
+        table: last_level,
+        span,
+    };
+    let outcome = changes.decide::<C, P>(&memory, &geometry, change, |_, _, _| true)?;
+    let (entry1, slot1) = match outcome {
         Outcome::Uniform { pa, attributes } if pa % Geometry::entry_size(1) == 0 => {
             (C::encode_leaf(pa, attributes, 1), Slot::Leaf { pa, attributes })
         }

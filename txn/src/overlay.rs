@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 
 use crate::attributes::MemoryAttributes;
 use crate::error::{Fault, Reason};
+use crate::report::FinalState;
 
 /// What a segment does to its range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +90,17 @@ impl Segment {
 
 /// A range the table (before the transaction) must have fully mapped, and the op that needs it.
 pub type Check = (u64, u64, u32);
+
+impl From<Change> for FinalState {
+    /// What a range becomes, as a plan reports it, from the change a segment makes.
+    fn from(change: Change) -> Self {
+        match change {
+            Change::Map { pa, attributes } => FinalState::Mapped { pa, attributes },
+            Change::Unmap => FinalState::Unmapped,
+            Change::Protect { attributes } => FinalState::Reprotected { attributes },
+        }
+    }
+}
 
 /// One checked op, ready to fold: its number, linear range and change.
 pub(crate) type Folding = (u32, u64, u64, Change);
