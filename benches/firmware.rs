@@ -510,6 +510,37 @@ mod steps {
         }
     }
 
+    /// Workload 2 of `benches/x64.rs` (16,384 maps of one 4 KiB page each into an empty
+    /// table) as one transaction and as one-op calls, for callgrind.
+    #[inline(never)]
+    pub fn x64_w2_transaction(t: &mut x64::Ours, ops: &[Op]) {
+        t.transaction().extend(ops.iter().copied()).commit().unwrap();
+    }
+
+    #[inline(never)]
+    pub fn x64_w2_one_op_calls(t: &mut x64::Ours, ops: &[Op]) {
+        for op in ops {
+            let Op::Map {
+                va, size, attributes, ..
+            } = *op
+            else {
+                unreachable!()
+            };
+            t.map_memory_region(va, size, attributes).unwrap();
+        }
+    }
+
+    pub fn w2_ops() -> Vec<Op> {
+        (0..2 * common::HALF_PAGES)
+            .map(|i| Op::Map {
+                va: common::BASE + i * PAGE_SIZE,
+                pa: common::BASE + i * PAGE_SIZE,
+                size: PAGE_SIZE,
+                attributes: A::Writeback,
+            })
+            .collect()
+    }
+
     pub fn w3_ops() -> Vec<Op> {
         (0..common::HALF_PAGES)
             .map(|i| Op::Protect {
@@ -539,6 +570,8 @@ mod steps {
             "aarch64_ours_one_op_calls" => aarch64_ours_one_op_calls(&mut aarch64::ours_mapped(&aw), &aw),
             "aarch64_ap_calls" => aarch64_ap_calls(&mut aarch64::ap_mapped(&aw), &aw),
             "aarch64_patina_calls" => aarch64_patina_calls(&mut aarch64::patina_mapped(&aw), &aw),
+            "x64_w2_transaction" => x64_w2_transaction(&mut x64::ours(64, true), &w2_ops()),
+            "x64_w2_one_op_calls" => x64_w2_one_op_calls(&mut x64::ours(64, true), &w2_ops()),
             "x64_w3_transaction" => x64_w3_transaction(&mut w3_mapped(), &w3_ops()),
             "x64_w3_one_op_calls" => x64_w3_one_op_calls(&mut w3_mapped(), &w3_ops()),
             "x64_protect_gib_2mib" => x64_protect_gib(&mut x64::ours_gib_as_2mib(), A::ReadOnly),
