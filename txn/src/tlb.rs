@@ -209,8 +209,9 @@ impl FlushBatch {
 /// The one barrier sequence around a commit's invalidations, for the planned commit and
 /// the one-op fast path alike. With break-before-make phases (a live AArch64 table): the
 /// stores complete (`DSB ISHST`), then `invalidate` runs, then the invalidations complete
-/// (`DSB ISH`) and later instructions see the new translations (`ISB`), Arm ARM D8.14.1. Without them (X64, where the stores and INVLPG are ordered by the CPU, SDM
-/// 4.10.4, or a table no CPU walks): `invalidate` alone.
+/// (`DSB ISH`) and later instructions see the new translations (`ISB`), Arm ARM D8.14.1.
+/// Without them (X64, where the stores and INVLPG are ordered by the CPU, SDM 4.10.4, or a
+/// table no CPU walks): `invalidate` alone.
 #[inline(always)]
 pub(crate) fn after_stores<T: Tlb, R>(tlb: &T, phased: bool, invalidate: impl FnOnce() -> R) -> R {
     if phased {
