@@ -445,7 +445,7 @@ impl<'a, C: Codec, P: PageAllocator> Walk<'a, C, P> {
     /// Plans storing one page (level 0) `new` over `old` at `at`, when they differ: what
     /// [`store`](Self::store) does, without its break checks when the commit has no
     /// break-before-make phases (no store can break then).
-    #[inline]
+    #[inline(always)]
     fn store_page(&mut self, at: Position, old: u64, new: u64) {
         if self.plan.phased {
             self.store(at, old, Value::Raw(new), false);
