@@ -386,22 +386,8 @@ impl<R: Regime> ModelTarget for Aarch64Target<R> {
 /// top is `top`: the X64 one plus memory-type changes, with the alias at the top of TTBR0.
 pub fn aarch64_split_merge_steps(top: u64) -> Vec<Vec<MOp>> {
     let wb = MA::Writeback;
-    vec![
-        vec![MOp::Map {
-            va: GIB,
-            size: GIB,
-            attrs: wb,
-        }],
-        vec![MOp::Protect {
-            va: GIB + 5 * MIB2 + PAGE,
-            size: PAGE,
-            attrs: MA::ReadOnly,
-        }],
-        vec![MOp::Protect {
-            va: GIB + 5 * MIB2 + PAGE,
-            size: PAGE,
-            attrs: MA::empty(),
-        }],
+    let mut steps = super::split_merge_opening();
+    steps.extend([
         // Memory type changes: device memory is execute-never in hardware, but reads
         // back as mapped.
         vec![MOp::Protect {
@@ -445,5 +431,6 @@ pub fn aarch64_split_merge_steps(top: u64) -> Vec<Vec<MOp>> {
                 attrs: MA::WriteThrough,
             })
             .collect(),
-    ]
+    ]);
+    steps
 }

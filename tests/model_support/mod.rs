@@ -714,22 +714,8 @@ pub fn model_policy<T: ModelTarget>(t: &T) -> Policy {
 /// alias at the top of the space, the GiB unmapped, then a 2 MiB page built page by page.
 pub fn x64_split_merge_steps() -> Vec<Vec<MOp>> {
     let wb = MA::Writeback;
-    vec![
-        vec![MOp::Map {
-            va: GIB,
-            size: GIB,
-            attrs: wb,
-        }],
-        vec![MOp::Protect {
-            va: GIB + 5 * MIB2 + PAGE,
-            size: PAGE,
-            attrs: MA::ReadOnly,
-        }],
-        vec![MOp::Protect {
-            va: GIB + 5 * MIB2 + PAGE,
-            size: PAGE,
-            attrs: MA::empty(),
-        }],
+    let mut steps = split_merge_opening();
+    steps.extend([
         vec![
             MOp::Unmap {
                 va: GIB + MIB2,
@@ -756,6 +742,30 @@ pub fn x64_split_merge_steps() -> Vec<Vec<MOp>> {
                 attrs: wb,
             })
             .collect(),
+    ]);
+    steps
+}
+
+/// The opening both directed scenarios share: a GiB mapped, then one page in it made
+/// read-only and back (a split of a 2 MiB leaf, then its merge).
+pub fn split_merge_opening() -> Vec<Vec<MOp>> {
+    let wb = MA::Writeback;
+    vec![
+        vec![MOp::Map {
+            va: GIB,
+            size: GIB,
+            attrs: wb,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 5 * MIB2 + PAGE,
+            size: PAGE,
+            attrs: MA::ReadOnly,
+        }],
+        vec![MOp::Protect {
+            va: GIB + 5 * MIB2 + PAGE,
+            size: PAGE,
+            attrs: MA::empty(),
+        }],
     ]
 }
 
