@@ -479,6 +479,50 @@ fn c_a_permission_change_of_a_block_is_made_in_place_in<R: Regime>() {
     assert_eq!(t.query_memory_region(BLOCK, MIB2), Ok(WB | MA::ExecuteProtect));
 }
 
+/// A batch of in-place permission changes in address order (the engine's batch path):
+/// one make batch with a TLBI per page, as the planner issues it. Two protects inside a
+/// block in one batch still split it with a break first.
+#[test]
+fn c_a_batch_of_permission_changes_is_made_in_place() {
+    c_a_batch_of_permission_changes_is_made_in_place_in::<El1>();
+    c_a_batch_of_permission_changes_is_made_in_place_in::<El2>();
+}
+
+fn c_a_batch_of_permission_changes_is_made_in_place_in<R: Regime>() {
+    for paging in PAGINGS {
+        let mut t = live_table::<R>(paging, with_pages);
+        let (report, log) = commit(&mut t, |x| {
+            x.protect(BLOCK, KIB4, MA::ReadOnly | MA::ExecuteProtect);
+            x.protect(BLOCK + KIB4, KIB4, MA::ReadOnly);
+        });
+        assert_log(
+            &log,
+            &phased(None, pages(BLOCK, 2).collect()),
+            format_args!("{paging:?}"),
+        );
+        assert_eq!(counts(&report), (0, 1, 2, 0));
+        assert_eq!(
+            t.query_memory_region(BLOCK, KIB4),
+            Ok(WB | MA::ReadOnly | MA::ExecuteProtect)
+        );
+        assert_eq!(t.query_memory_region(BLOCK + KIB4, KIB4), Ok(WB | MA::ReadOnly));
+
+        let mut t = live_table::<R>(paging, with_block);
+        let (report, log) = commit(&mut t, |x| {
+            x.protect(BLOCK + KIB4, KIB4, MA::ReadOnly);
+            x.protect(BLOCK + 3 * KIB4, KIB4, MA::ReadOnly);
+        });
+        assert_log(
+            &log,
+            &phased(Some(pages(BLOCK, 1).collect()), vec![]),
+            format_args!("{paging:?}"),
+        );
+        assert_eq!((report.tables_allocated, report.breaks), (1, 1));
+        assert_eq!(t.query_memory_region(BLOCK + 3 * KIB4, KIB4), Ok(WB | MA::ReadOnly));
+        assert_eq!(t.query_memory_region(BLOCK + 2 * KIB4, KIB4), Ok(WB));
+    }
+}
+
 /// A break and an in-place change in one commit: two batches, the break's first.
 #[test]
 fn c_a_break_and_an_in_place_change_in_one_commit() {

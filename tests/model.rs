@@ -54,6 +54,10 @@ const A64_4L_2M: Aarch64Cfg = Aarch64Cfg {
 const TXN_SHARE: u64 = 90;
 const ONE_OP_SHARE: u64 = 20;
 const ALLOC_SHARE: u64 = 20;
+/// Batches in address order (the engine's batch path): 5 configurations, and 2 under
+/// allocation failure.
+const SORTED_SHARE: u64 = 80;
+const SORTED_ALLOC_SHARE: u64 = 40;
 /// Policy-on runs: 8 more configurations (5 transactional, 3 one-op).
 const POLICY_TXN_SHARE: u64 = 30;
 const POLICY_ONE_OP_SHARE: u64 = 15;
@@ -67,6 +71,24 @@ fn random_transactions<T: ModelTarget>(test: &str, cfg: T::Config) {
 fn random_one_ops<T: ModelTarget>(test: &str, cfg: T::Config) {
     let mut runner = Runner::<T>::new(test, cfg);
     runner.run_random(ops_budget(ONE_OP_SHARE), true, 300);
+    println!("{}", runner.summary(test));
+}
+
+/// Mostly batches in address order of small ops near each other (`Gen::sorted_batch`).
+fn sorted_batches<T: ModelTarget>(test: &str, cfg: T::Config) {
+    let mut runner = Runner::<T>::new(test, cfg);
+    runner.gen.sorted_percent = 70;
+    runner.gen.bad_percent = 1;
+    runner.run_random(ops_budget(SORTED_SHARE), false, 150);
+    println!("{}", runner.summary(test));
+}
+
+/// `sorted_batches` with every allocation of each commit failing in turn.
+fn sorted_batch_allocation_failures<T: ModelTarget>(test: &str, cfg: T::Config) {
+    let mut runner = Runner::<T>::new(test, cfg);
+    runner.gen.sorted_percent = 70;
+    runner.gen.bad_percent = 1;
+    runner.run_alloc_failures(ops_budget(SORTED_ALLOC_SHARE), 60);
     println!("{}", runner.summary(test));
 }
 
@@ -158,6 +180,13 @@ model_tests! {
     one_op_api_aarch64_el2_4level_2m: random_one_ops(Aarch64Target<El2>, A64_4L_2M);
     allocation_failures_aarch64_el2_3level_1g: allocation_failures(Aarch64Target<El2>, A64_3L_1G);
     allocation_failures_aarch64_el2_4level_2m: allocation_failures(Aarch64Target<El2>, A64_4L_2M);
+    sorted_batches_x64_4level_1g: sorted_batches(X64Target, X64_4L_1G);
+    sorted_batches_x64_5level_2m: sorted_batches(X64Target, X64_5L_2M);
+    sorted_batches_aarch64_3level_1g: sorted_batches(Aarch64Target, A64_3L_1G);
+    sorted_batches_aarch64_4level_2m: sorted_batches(Aarch64Target, A64_4L_2M);
+    sorted_batches_aarch64_el2_4level_1g: sorted_batches(Aarch64Target<El2>, A64_4L_1G);
+    sorted_batch_allocation_failures_x64_4level_2m: sorted_batch_allocation_failures(X64Target, X64_4L_2M);
+    sorted_batch_allocation_failures_aarch64_3level_2m: sorted_batch_allocation_failures(Aarch64Target, A64_3L_2M);
     policy_transactions_x64_4level_1g: policy_transactions(X64Target, X64_4L_1G);
     policy_transactions_x64_5level_2m: policy_transactions(X64Target, X64_5L_2M);
     policy_one_op_api_x64_4level_2m: policy_one_ops(X64Target, X64_4L_2M);

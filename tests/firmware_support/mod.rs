@@ -324,9 +324,19 @@ pub struct Boot {
 impl Boot {
     /// Everything the application reported, and the console's end, for a failure message.
     pub fn context(&self) -> String {
+        // The OP lines (one per op of the build) would push the line that failed out of
+        // what CI keeps of the output; they are counted instead.
+        let is_op = |line: &&String| line.starts_with("OP ");
+        let ops = self.results.iter().filter(is_op).count();
+        let reports: Vec<&str> = self
+            .results
+            .iter()
+            .filter(|line| !is_op(line))
+            .map(String::as_str)
+            .collect();
         format!(
-            "results:\n{}\nconsole tail:\n{}",
-            self.results.join("\n"),
+            "results ({ops} OP lines left out):\n{}\nconsole tail:\n{}",
+            reports.join("\n"),
             self.console_tail
         )
     }
@@ -405,10 +415,10 @@ pub fn boot(
 pub fn check_common(boot: &Boot, coherence: &str) -> Vec<String> {
     let context = || boot.context();
     let results = &boot.results;
-    assert_eq!(boot.status, Some(PASS_STATUS), "exit status; {}", context());
+    // The specific checks come first, so that a failure names what failed; the exit status
+    // and the END line's count close the list.
     assert!(tagged(results, "FATAL").is_empty(), "{}", context());
     assert!(tagged(results, "MISMATCH").is_empty(), "{}", context());
-    assert_eq!(field(boot.line("END"), "failures"), Some(0), "{}", context());
     let boot_services = boot.line("BOOT_SERVICES");
     for key in ["console", "pages", "pool", "timer"] {
         assert_eq!(field(boot_services, key), Some(1), "{boot_services}");
@@ -472,6 +482,8 @@ pub fn check_common(boot: &Boot, coherence: &str) -> Vec<String> {
         .find(|l| l.contains("aps_returned"))
         .expect("aps_returned");
     assert_eq!(field(returned, "aps_returned"), Some(1), "{}", context());
+    assert_eq!(field(boot.line("END"), "failures"), Some(0), "{}", context());
+    assert_eq!(boot.status, Some(PASS_STATUS), "exit status; {}", context());
 
     let mut summary = vec![format!(
         "build {:.1} s, boot {:.1} s",

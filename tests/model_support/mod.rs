@@ -1433,6 +1433,9 @@ pub struct Gen {
     /// page) where they would not; 0 leaves them as drawn. Policy-on runs set it, so that
     /// most transactions commit and refusals stay frequent.
     pub tame_percent: u64,
+    /// Percent of transactions drawn as a batch in address order of small ops near each
+    /// other (`sorted_batch`): what the engine's batch path takes; 0 draws none.
+    pub sorted_percent: u64,
 }
 
 impl Gen {
@@ -1446,6 +1449,7 @@ impl Gen {
             total_weight,
             bad_percent: 3,
             tame_percent: 0,
+            sorted_percent: 0,
         }
     }
 
@@ -1766,6 +1770,9 @@ impl Gen {
 
     /// A transaction of 1..=16 ops (mostly short), each drawn against the state so far.
     pub fn transaction<T: ModelTarget>(&self, rng: &mut Rng, model: &Model) -> Vec<MOp> {
+        if self.sorted_percent > 0 && rng.chance(self.sorted_percent) {
+            return self.sorted_batch::<T>(rng, model);
+        }
         let n = if rng.chance(80) {
             rng.range(1, 6)
         } else {
@@ -1778,6 +1785,79 @@ impl Gen {
             // A failing op leaves the working state as it was: later ops are drawn against it.
             let _ = working.apply::<T>(&self.shape, &op);
             ops.push(op);
+        }
+        ops
+    }
+}
+
+impl Gen {
+    /// A transaction of 2..=40 ops in address order, each a few pages (sometimes a few
+    /// hundred) from where the one before ended, mostly starting over mapped memory:
+    /// protects, unmaps and maps, with the usual share of bad ops. Most stay inside one
+    /// last-level table's span, some cross into the next or jump further.
+    pub fn sorted_batch<T: ModelTarget>(&self, rng: &mut Rng, model: &Model) -> Vec<MOp> {
+        let n = rng.range(2, 40);
+        // Often inside a 2 MiB block of a long run, which a 2 MiB leaf may map (a split).
+        let long_runs: Vec<Run> = model.runs().filter(|r| r.end - r.start >= 2 * MIB2).copied().collect();
+        let first = match self.mapped_range(rng, model) {
+            _ if !long_runs.is_empty() && rng.chance(40) => {
+                let run = long_runs[rng.below(long_runs.len() as u64) as usize];
+                self.shape
+                    .to_canonical(run.start.next_multiple_of(MIB2) + rng.below(512) * PAGE)
+            }
+            Some((va, _)) if rng.chance(85) => va,
+            _ => self.range(rng).0,
+        };
+        let mut at = self.shape.to_linear(first);
+        let mut working = model.clone();
+        let mut ops = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            at += match rng.below(10) {
+                0..=5 => 0,
+                6..=8 => rng.range(1, 4) * PAGE,
+                _ => rng.range(1, 600) * PAGE,
+            };
+            let size = if rng.chance(85) {
+                rng.range(1, 4) * PAGE
+            } else {
+                rng.range(5, 300) * PAGE
+            };
+            let va = self.shape.to_canonical(at);
+            if self.shape.check_range(va, size).is_err() {
+                break;
+            }
+            // Protects and unmaps go where the ops so far leave memory mapped (else the
+            // batch would mostly fail), maps anywhere.
+            let mapped = working.covered(at, at + size);
+            let op = if rng.chance(self.bad_percent) {
+                self.bad_op::<T>(rng)
+            } else {
+                match rng.below(100) {
+                    0..=49 if mapped => MOp::Protect {
+                        va,
+                        size,
+                        attrs: random_protect_attrs(rng),
+                    },
+                    50..=64 if mapped => MOp::Unmap { va, size },
+                    kind => {
+                        let attrs = random_map_attrs::<T>(rng);
+                        if kind < 85 && self.shape.check_pa(va, size).is_ok() {
+                            MOp::Map { va, size, attrs }
+                        } else {
+                            MOp::MapAliased {
+                                va,
+                                pa: self.pa_for(rng, va),
+                                size,
+                                attrs,
+                            }
+                        }
+                    }
+                }
+            };
+            let op = self.tame(rng, op);
+            let _ = working.apply::<T>(&self.shape, &op);
+            ops.push(op);
+            at += size;
         }
         ops
     }

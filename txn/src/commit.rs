@@ -30,6 +30,8 @@ pub(crate) fn commit<C: Codec, P: PageAllocator, T: Tlb>(
         if let Some(result) = crate::fast::try_structural(table, &op) {
             return result;
         }
+    } else if let Some(result) = crate::direct::try_commit(table, ops) {
+        return result;
     }
     commit_planned(table, ops)
 }

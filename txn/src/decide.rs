@@ -3,12 +3,55 @@
 //! change (`Summary`, `Outcome`: the merge check), and the scan of the entries a change
 //! left alone that completes it (`fold_untouched`).
 
+use core::sync::atomic::Ordering;
+
 use crate::allocator::PageAllocator;
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
 use crate::overlay::Change;
+
+/// Below this output address a leaf's raw value is its output address ORed with its other
+/// bits, on both codecs (X64 and AArch64 leaves: the address field reaches at least bit 47,
+/// the other bits sit above bit 51 or below bit 12). So stepping a leaf's raw value by its
+/// entry size steps its output address and keeps its attributes, and two leaves with the
+/// same other bits have the same attributes.
+pub(crate) const RAW_ADDRESS_LIMIT: u64 = 1 << 48;
+
+/// The output-address bits of a leaf's raw value below [`RAW_ADDRESS_LIMIT`].
+const RAW_ADDRESS_BITS: u64 = (RAW_ADDRESS_LIMIT - 1) & !(PAGE_SIZE - 1);
+
+/// Marks entries `first..first + count` of a table as touched.
+pub(crate) fn mark_touched(touched: &mut [u64; ENTRIES_PER_TABLE / 64], first: usize, count: usize) {
+    for index in first..first + count {
+        touched[index / 64] |= 1 << (index % 64);
+    }
+}
+
+/// Fills table `page` (of `level`) with the split of a leaf of the next level up mapping
+/// `pa` with `attributes`. Below [`RAW_ADDRESS_LIMIT`] the entries step by one entry size
+/// in their raw value, so they are computed, not each encoded.
+pub(crate) fn fill_split<C: Codec, P: PageAllocator>(
+    memory: &TableMemory<'_, P>,
+    page: u64,
+    pa: u64,
+    attributes: MemoryAttributes,
+    level: u8,
+) {
+    let size = Geometry::entry_size(level);
+    if pa + ENTRIES_PER_TABLE as u64 * size <= RAW_ADDRESS_LIMIT {
+        let mut value = C::encode_leaf(pa, attributes, level);
+        for entry in memory.entries(page) {
+            entry.store(value, Ordering::Relaxed);
+            value += size;
+        }
+    } else {
+        memory.fill(page, |index| {
+            C::encode_leaf(pa + index as u64 * size, attributes, level)
+        });
+    }
+}
 
 /// The final state of one entry, as its parent sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,4 +251,56 @@ pub(crate) fn new_entry<C: Codec>(change: Change, page: usize, old: u64) -> Opti
         }
         _ => None,
     }
+}
+
+/// The last leaf a protect decided from its decoded entry, kept for the next pages: below
+/// [`RAW_ADDRESS_LIMIT`], an old leaf with the same bits besides its output address has the
+/// same attributes, so the same change gives it the same new bits (one decode and encode
+/// serve every page of a run of equal attributes).
+#[derive(Clone, Copy)]
+pub(crate) struct Reprotected {
+    change: MemoryAttributes,
+    old_bits: u64,
+    new_bits: u64,
+    attributes: MemoryAttributes,
+}
+
+/// [`new_entry`] for a last-level page, reusing (and updating) `last` for a protect.
+#[inline(always)]
+pub(crate) fn new_entry_reusing<C: Codec>(
+    change: Change,
+    page: usize,
+    old: u64,
+    last: &mut Option<Reprotected>,
+) -> Option<(u64, Slot)> {
+    let Change::Protect { attributes: requested } = change else {
+        return new_entry::<C>(change, page, old);
+    };
+    let (pa, old_bits) = (old & RAW_ADDRESS_BITS, old & !RAW_ADDRESS_BITS);
+    if let Some(known) = *last {
+        if known.old_bits == old_bits && known.change == requested {
+            let slot = Slot::Leaf {
+                pa,
+                attributes: known.attributes,
+            };
+            return Some((pa | known.new_bits, slot));
+        }
+    }
+    let (raw, slot) = new_entry::<C>(change, page, old)?;
+    if let Slot::Leaf {
+        pa: decoded,
+        attributes,
+    } = slot
+    {
+        // Only where the decoded address is the raw one (a leaf below the limit).
+        if decoded == pa && decoded < RAW_ADDRESS_LIMIT && raw & RAW_ADDRESS_BITS == pa {
+            *last = Some(Reprotected {
+                change: requested,
+                old_bits,
+                new_bits: raw & !RAW_ADDRESS_BITS,
+                attributes,
+            });
+        }
+    }
+    Some((raw, slot))
 }

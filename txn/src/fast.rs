@@ -21,7 +21,9 @@
 use crate::allocator::{allocate_table_page, PageAllocator};
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
-use crate::decide::{fold_untouched, new_entry, Edges, Outcome, Slot, Summary};
+use crate::decide::{
+    fill_split, fold_untouched, new_entry, new_entry_reusing, Edges, Outcome, Reprotected, Slot, Summary,
+};
 use crate::error::TxnError;
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
@@ -36,19 +38,19 @@ const KEPT_ENTRIES: usize = 8;
 
 /// The pages of the op inside its last-level table's span.
 #[derive(Clone, Copy)]
-struct Span {
+pub(crate) struct Span {
     /// Linear address of the first page.
-    start: u64,
+    pub(crate) start: u64,
     /// Index of the first page in the last-level table.
-    first: usize,
+    pub(crate) first: usize,
     /// Number of pages.
-    count: usize,
+    pub(crate) count: usize,
 }
 
 /// The pages of a span in one last-level table.
-struct Changes {
-    table: u64,
-    span: Span,
+pub(crate) struct Changes {
+    pub(crate) table: u64,
+    pub(crate) span: Span,
 }
 
 impl Changes {
@@ -61,31 +63,52 @@ impl Changes {
         memory: &TableMemory<'_, P>,
         geometry: &Geometry,
         change: Change,
-        mut accept: impl FnMut(usize, u64, u64) -> bool,
+        accept: impl FnMut(usize, u64, u64) -> bool,
     ) -> Option<Outcome> {
         let Span { first, count, .. } = self.span;
         let mut summary = Summary::new(0, geometry.leaf_allowed(1));
         let mut edges = Edges::UNKNOWN;
-        for page in 0..count {
-            let index = first + page;
-            let old = memory.read(self.table, index);
-            let (raw, slot) = new_entry::<C>(change, page, old)?;
-            if !accept(page, old, raw) {
-                return None;
-            }
-            edges.note(page, raw, slot);
-            summary.add(index, slot);
-        }
+        let read = |index| memory.read(self.table, index);
+        self.decide_pages::<C>(read, change, 0, (&mut summary, &mut edges, &mut None), accept)?;
         let changed = (first, first + count - 1);
         fold_untouched::<C, P>(memory, self.table, 0, changed, |_| true, edges, &mut summary);
         Some(summary.outcome())
+    }
+
+    /// The per-page loop of pass 1, shared with the batch path (`direct`): decides every
+    /// page of the span from its old entry `old(index)`, folding the new ones into
+    /// `summary` and `edges` (the span's pages are numbered from `ordinal` among the
+    /// changes of their table) and reusing the `last` protect decision where it applies.
+    /// `accept(page, old, new)` may refuse a page. `None` if a page fails its precondition
+    /// or is refused.
+    #[inline(always)]
+    pub(crate) fn decide_pages<C: Codec>(
+        &self,
+        old: impl Fn(usize) -> u64,
+        change: Change,
+        ordinal: usize,
+        (summary, edges, last): (&mut Summary, &mut Edges, &mut Option<Reprotected>),
+        mut accept: impl FnMut(usize, u64, u64) -> bool,
+    ) -> Option<()> {
+        let Span { first, count, .. } = self.span;
+        for page in 0..count {
+            let index = first + page;
+            let old = old(index);
+            let (raw, slot) = new_entry_reusing::<C>(change, page, old, last)?;
+            if !accept(page, old, raw) {
+                return None;
+            }
+            edges.note(ordinal + page, raw, slot);
+            summary.add(index, slot);
+        }
+        Some(())
     }
 
     /// The one store-and-invalidate loop of the fast path: stores `new(page, old)` into
     /// each page of the span whose entry changes, recording in `flush` the invalidation of
     /// each live entry it replaces. Returns the number of stores.
     #[inline(always)]
-    fn write<C: Codec, P: PageAllocator>(
+    pub(crate) fn write<C: Codec, P: PageAllocator>(
         &self,
         memory: &TableMemory<'_, P>,
         geometry: &Geometry,
@@ -443,7 +466,7 @@ fn split_leaf<C: Codec, P: PageAllocator, T: Tlb>(
     };
     let geometry = table.geometry();
     let memory = TableMemory::new(table.allocator());
-    memory.fill(page_pa, split_entry);
+    fill_split::<C, P>(&memory, page_pa, leaf_pa, leaf_attributes, 0);
     // Linking a table with the leaf's translations changes no address: no invalidation.
     memory.write(level1, Geometry::index(start, 1), C::encode_table(page_pa, 1));
     let mut flush = FlushBatch::for_table::<C>(table.is_live());

@@ -92,7 +92,23 @@ impl Geometry {
     }
 
     /// [`linear_range`](Self::linear_range) with the reason and the first failing address.
+    #[inline]
     pub(crate) const fn check_range(&self, address: u64, size: u64) -> Result<(u64, u64), Fault> {
+        // The common case first: a page-aligned range inside the lower half, where linear
+        // and canonical addresses are the same (the checks below give the same answer).
+        let lower_half_end = 1u64 << (self.va_bits() - 1);
+        if size != 0
+            && (address | size) % PAGE_SIZE == 0
+            && address < lower_half_end
+            && size <= lower_half_end - address
+        {
+            return Ok((address, address + size));
+        }
+        self.check_range_fully(address, size)
+    }
+
+    /// [`check_range`](Self::check_range) for every range.
+    const fn check_range_fully(&self, address: u64, size: u64) -> Result<(u64, u64), Fault> {
         if size == 0 {
             return Err(Fault::new(Reason::EmptyRange, address));
         }

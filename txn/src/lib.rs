@@ -21,6 +21,7 @@ mod audit;
 mod codec;
 mod commit;
 mod decide;
+mod direct;
 mod error;
 mod fast;
 mod geometry;

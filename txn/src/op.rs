@@ -88,7 +88,9 @@ impl fmt::Debug for Op {
     }
 }
 
-/// Checks one op's arguments and turns it into a linear range and a change.
+/// Checks one op's arguments and turns it into a linear range and a change. Inlined: the
+/// batch path calls it once per op, and the common case is a few compares.
+#[inline(always)]
 pub(crate) fn check_op<C: Codec>(geometry: &Geometry, op: &Op) -> Result<(u64, u64, Change), Fault> {
     match *op {
         Op::Map {

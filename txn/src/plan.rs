@@ -25,24 +25,14 @@ use smallvec::SmallVec;
 use crate::allocator::PageAllocator;
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
-use crate::decide::{fold_untouched, new_entry, Edges, Outcome, Slot, Summary};
+use crate::decide::{
+    fill_split, fold_untouched, mark_touched, new_entry, Edges, Outcome, Slot, Summary, RAW_ADDRESS_LIMIT,
+};
 use crate::error::{Blame, Reason};
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
 use crate::memory::TableMemory;
 use crate::overlay::{Action, Overlay, Segment};
 use crate::tlb::FlushBatch;
-
-/// Below this output address, stepping a leaf's raw value by its entry size steps its
-/// output address and leaves its attribute bits alone (X64 and AArch64 leaves: the address
-/// field reaches at least bit 47, the attribute bits sit above bit 51 or below bit 12).
-const RAW_ADDRESS_LIMIT: u64 = 1 << 48;
-
-/// Marks entries `first..first + count` of a table as touched.
-fn mark_touched(touched: &mut [u64; ENTRIES_PER_TABLE / 64], first: usize, count: usize) {
-    for index in first..first + count {
-        touched[index / 64] |= 1 << (index % 64);
-    }
-}
 
 /// What a plan counts: the stores, new tables and freed tables of the commit it describes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -191,15 +181,8 @@ impl NewTable {
     /// size in their raw value (see [`RAW_ADDRESS_LIMIT`]), so they are computed, not each
     /// encoded.
     pub(crate) fn fill<C: Codec, P: PageAllocator>(&self, memory: &TableMemory<'_, P>, page: u64) {
-        let size = Geometry::entry_size(self.level);
         match self.view {
-            View::Split { pa, attributes } if pa + ENTRIES_PER_TABLE as u64 * size <= RAW_ADDRESS_LIMIT => {
-                let mut value = C::encode_leaf(pa, attributes, self.level);
-                for entry in memory.entries(page) {
-                    entry.store(value, Ordering::Relaxed);
-                    value += size;
-                }
-            }
+            View::Split { pa, attributes } => fill_split::<C, P>(memory, page, pa, attributes, self.level),
             view => memory.fill(page, |index| view_entry::<C>(view, index, self.level)),
         }
     }

@@ -1,0 +1,319 @@
+//! The batch path: a transaction of ops in address order, each inside one last-level
+//! table's span (2 MiB), committed table by table without a recorded plan.
+//!
+//! It makes the stores, allocations, invalidations and barriers the planner would make for
+//! such a batch (the model tests compare the two, `tests/direct_batch.rs`), in two passes:
+//! 1. every op is checked and every page decided, table by table (the fast path's per-page
+//!    loop, [`Changes::decide_pages`]), and each touched last-level table is shown to stay a
+//!    table (the shared merge check and untouched-entry scan). A table that does not exist
+//!    yet because a 2 MiB leaf covers the span is decided on the leaf's split entries;
+//! 2. every split table is allocated (all of them, before any store: a failure gives them
+//!    back and leaves the table as it was), then the stores are made in address order (a
+//!    split table complete before the store that links it, SDM 4.10.2.3), then one
+//!    invalidation batch.
+//!
+//! Anything else (an op out of order or overlapping another, an op spanning two last-level
+//! tables or a whole one, missing upper tables, a merge, a table left empty, a break on a
+//! live table, a split on a table with break-before-make phases, a policy) returns `None`
+//! before anything is touched, and the planner takes the batch, which also produces any
+//! error.
+
+use alloc::vec::Vec;
+
+use crate::allocator::{allocate_table_page, PageAllocator};
+use crate::apply::give_back;
+use crate::attributes::MemoryAttributes;
+use crate::codec::{Codec, Entry};
+use crate::decide::{fill_split, fold_untouched, mark_touched, slot_of, Edges, Outcome, Reprotected, Summary};
+use crate::error::TxnError;
+use crate::fast::{Changes, Span};
+use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
+use crate::memory::TableMemory;
+use crate::op::{check_op, Op};
+use crate::overlay::Change;
+use crate::report::{CommitReport, Committed, Retired};
+use crate::table::Tables;
+use crate::tlb::{after_stores, FlushBatch, Tlb};
+
+/// Where the changes of one last-level table's span go.
+#[derive(Clone, Copy)]
+enum Target {
+    /// An existing last-level table.
+    Table(u64),
+    /// A new table splitting the 2 MiB leaf of `pa` and `attributes` held by entry
+    /// `index` of the level-1 table `level1`.
+    Split {
+        level1: u64,
+        index: usize,
+        pa: u64,
+        attributes: MemoryAttributes,
+    },
+}
+
+impl Target {
+    /// The old entry `index` of the last-level table, read or split from the leaf.
+    #[inline(always)]
+    fn old<C: Codec, P: PageAllocator>(&self, memory: &TableMemory<'_, P>, index: usize) -> u64 {
+        match *self {
+            Target::Table(table) => memory.read(table, index),
+            Target::Split { pa, attributes, .. } => C::encode_leaf(pa + index as u64 * PAGE_SIZE, attributes, 0),
+        }
+    }
+}
+
+/// The ops of one last-level table's span: `ops[first_op..end_op]` of the checked ops.
+struct Group {
+    target: Target,
+    first_op: usize,
+    end_op: usize,
+}
+
+/// One op after its check: its pages and change.
+struct Checked {
+    span: Span,
+    change: Change,
+}
+
+/// Commits `ops` (at least two) directly if the batch qualifies (see the module); `None`
+/// if not, with nothing touched.
+pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
+    table: &mut Tables<C, P, T>,
+    ops: &[Op],
+) -> Option<Result<Committed, TxnError>> {
+    if ops.len() < 2 || table.linear_policy().is_some() {
+        return None;
+    }
+    let phased = C::USES_BARRIERS && table.is_live();
+    let geometry = table.geometry();
+    let table_span = Geometry::entry_size(1);
+    let memory = TableMemory::new(table.allocator());
+
+    // Pass 1: check, group and decide.
+    let mut checked: Vec<Checked> = Vec::with_capacity(ops.len());
+    let mut groups: Vec<Group> = Vec::new();
+    let mut kept: Vec<u64> = Vec::with_capacity(ops.len());
+    let mut last: Option<Reprotected> = None;
+    let mut previous_end = 0;
+    let mut op_index = 0;
+    while op_index < ops.len() {
+        let group_span = {
+            let (start, end, change) = check_op::<C>(&geometry, &ops[op_index]).ok()?;
+            if start < previous_end || start / table_span != (end - 1) / table_span || end - start == table_span {
+                return None;
+            }
+            previous_end = end;
+            let span = Span {
+                start,
+                first: Geometry::index(start, 0),
+                count: ((end - start) / PAGE_SIZE) as usize,
+            };
+            checked.push(Checked { span, change });
+            start & !(table_span - 1)
+        };
+        let target = target::<C, P>(table, &memory, group_span)?;
+        if phased && matches!(target, Target::Split { .. }) {
+            return None;
+        }
+        // The ops of this span.
+        let first_op = op_index;
+        op_index += 1;
+        while op_index < ops.len() {
+            let (start, end, change) = check_op::<C>(&geometry, &ops[op_index]).ok()?;
+            if start & !(table_span - 1) != group_span {
+                break;
+            }
+            if start < previous_end || (end - 1) & !(table_span - 1) != group_span || end - start == table_span {
+                return None;
+            }
+            previous_end = end;
+            let span = Span {
+                start,
+                first: Geometry::index(start, 0),
+                count: ((end - start) / PAGE_SIZE) as usize,
+            };
+            checked.push(Checked { span, change });
+            op_index += 1;
+        }
+        let group = Group {
+            target,
+            first_op,
+            end_op: op_index,
+        };
+        let decided = (&mut kept, &mut last);
+        decide_group::<C, P>(
+            &memory,
+            &geometry,
+            &checked[first_op..op_index],
+            &group,
+            phased,
+            decided,
+        )?;
+        groups.push(group);
+    }
+
+    // Pass 2: allocate, store, invalidate.
+    let splits = groups
+        .iter()
+        .filter(|g| matches!(g.target, Target::Split { .. }))
+        .count();
+    let mut pages = Vec::with_capacity(splits);
+    for _ in 0..splits {
+        match allocate_table_page(table.allocator_mut()) {
+            Ok(page) => pages.push(page),
+            Err(error) => {
+                give_back(table.allocator_mut(), &pages);
+                return Some(Err(error));
+            }
+        }
+    }
+    if splits > 0 {
+        // Links change tables above the last level.
+        table.forget_walk_hint();
+    }
+    let memory = TableMemory::new(table.allocator());
+    let mut flush = FlushBatch::for_table::<C>(table.is_live());
+    let mut written = 0;
+    let mut next_page = 0;
+    let mut kept_entries = kept.iter();
+    for group in &groups {
+        let last_level = match group.target {
+            Target::Table(last_level) => last_level,
+            Target::Split {
+                level1,
+                index,
+                pa,
+                attributes,
+            } => {
+                // One page was allocated per split group, in this order.
+                let page = pages[next_page];
+                next_page += 1;
+                fill_split::<C, P>(&memory, page, pa, attributes, 0);
+                // Linking a table with the leaf's translations changes no address: no
+                // invalidation.
+                memory.write(level1, index, C::encode_table(page, 1));
+                written += ENTRIES_PER_TABLE + 1;
+                page
+            }
+        };
+        for op in &checked[group.first_op..group.end_op] {
+            let changes = Changes {
+                table: last_level,
+                span: op.span,
+            };
+            written += changes.write::<C, P>(&memory, &geometry, &mut flush, |_, old| {
+                // Pass 1 kept one new entry per page, in this order.
+                kept_entries.next().copied().unwrap_or(old)
+            });
+        }
+    }
+    after_stores(table.tlb(), phased, || flush.issue(table.tlb()));
+    let report = CommitReport {
+        entries_written: written,
+        tables_allocated: splits,
+        pages_invalidated: flush.page_count(),
+        full_flushes: usize::from(flush.is_full()),
+        invalidation_batches: usize::from(!flush.is_empty()),
+        ..CommitReport::default()
+    };
+    Some(Ok(Committed {
+        report,
+        invalidations: flush,
+        retired: Retired::default(),
+    }))
+}
+
+/// The last-level table of the span at linear `span`, or the 2 MiB leaf that covers it;
+/// `None` if an upper table is missing or the level-1 entry is invalid.
+fn target<C: Codec, P: PageAllocator>(
+    table: &Tables<C, P, impl Tlb>,
+    memory: &TableMemory<'_, P>,
+    span: u64,
+) -> Option<Target> {
+    if let Some(last_level) = table.walk_hint(span) {
+        return Some(Target::Table(last_level));
+    }
+    let geometry = table.geometry();
+    let mut level1 = table.root();
+    for level in (2..=geometry.top_level()).rev() {
+        match C::decode(memory.read(level1, Geometry::index(span, level)), level) {
+            Entry::Table(next) => level1 = next,
+            _ => return None,
+        }
+    }
+    let index = Geometry::index(span, 1);
+    match C::decode(memory.read(level1, index), 1) {
+        Entry::Table(last_level) => Some(Target::Table(last_level)),
+        Entry::Leaf { pa, attributes } => Some(Target::Split {
+            level1,
+            index,
+            pa,
+            attributes,
+        }),
+        Entry::Invalid => None,
+    }
+}
+
+/// Decides every page of one group's ops, keeping each new entry in `kept`; `None` if a
+/// page fails its precondition or needs a break on a live table, or if the last-level table
+/// would not stay a table (a merge, or empty). A split that changes nothing is `None` too:
+/// the planner leaves such a leaf whole.
+fn decide_group<C: Codec, P: PageAllocator>(
+    memory: &TableMemory<'_, P>,
+    geometry: &Geometry,
+    ops: &[Checked],
+    group: &Group,
+    phased: bool,
+    (kept, last): (&mut Vec<u64>, &mut Option<Reprotected>),
+) -> Option<()> {
+    let target = group.target;
+    let mut summary = Summary::new(0, geometry.leaf_allowed(1));
+    let mut edges = Edges::UNKNOWN;
+    let mut changed = [0u64; ENTRIES_PER_TABLE / 64];
+    let mut ordinal = 0;
+    for op in ops {
+        let changes = Changes {
+            table: 0,
+            span: op.span,
+        };
+        let old = |index| target.old::<C, P>(memory, index);
+        let folded = (&mut summary, &mut edges, &mut *last);
+        changes.decide_pages::<C>(old, op.change, ordinal, folded, |_, old, raw| {
+            // Arm ARM D8.14.1: a change needing a break goes through the planner's phases.
+            if phased && C::is_live(old) && C::needs_break(old, raw, 0) {
+                return false;
+            }
+            kept.push(raw);
+            true
+        })?;
+        mark_touched(&mut changed, op.span.first, op.span.count);
+        ordinal += op.span.count;
+    }
+    let lowest = ops.first()?.span.first;
+    let last = ops.last()?.span;
+    let highest = last.first + last.count - 1;
+    let is_changed = |index: usize| changed[index / 64] & (1 << (index % 64)) != 0;
+    match target {
+        Target::Table(last_level) => {
+            fold_untouched::<C, P>(
+                memory,
+                last_level,
+                0,
+                (lowest, highest),
+                is_changed,
+                edges,
+                &mut summary,
+            );
+        }
+        // The untouched entries of a split continue the leaf: one of them stands for all.
+        Target::Split { .. } => {
+            if let Some(index) = (0..ENTRIES_PER_TABLE).find(|&index| !is_changed(index)) {
+                summary.add(index, slot_of::<C>(target.old::<C, P>(memory, index), 0));
+            }
+        }
+    }
+    match summary.outcome() {
+        Outcome::Mixed => Some(()),
+        Outcome::Uniform { pa, .. } if !(geometry.leaf_allowed(1) && pa % Geometry::entry_size(1) == 0) => Some(()),
+        _ => None,
+    }
+}
