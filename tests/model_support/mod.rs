@@ -1829,7 +1829,30 @@ impl Gen {
             // Protects and unmaps go where the ops so far leave memory mapped (else the
             // batch would mostly fail), maps anywhere.
             let mapped = working.covered(at, at + size);
-            let op = if rng.chance(self.bad_percent) {
+            // A map continuing the one before (next page, next frame, same attributes): the
+            // engine checks and folds such runs as one map.
+            let continued = match ops.last() {
+                Some(&MOp::Map { va: v, size: s, attrs }) if v.checked_add(s) == Some(va) && rng.chance(40) => {
+                    Some(MOp::Map { va, size, attrs })
+                }
+                Some(&MOp::MapAliased {
+                    va: v,
+                    pa,
+                    size: s,
+                    attrs,
+                }) if v.checked_add(s) == Some(va) && pa.checked_add(s).is_some() && rng.chance(40) => {
+                    Some(MOp::MapAliased {
+                        va,
+                        pa: pa + s,
+                        size,
+                        attrs,
+                    })
+                }
+                _ => None,
+            };
+            let op = if let Some(op) = continued {
+                op
+            } else if rng.chance(self.bad_percent) {
                 self.bad_op::<T>(rng)
             } else {
                 match rng.below(100) {

@@ -6,6 +6,7 @@ use crate::allocator::{allocate_table_page, PageAllocator};
 use crate::apply::{apply, give_back, Pages};
 use crate::codec::Codec;
 use crate::error::{Blame, Fault, PtError, Reason, TxnError};
+use crate::geometry::PAGE_SIZE;
 use crate::op::{check_op, Op};
 use crate::overlay::{Change, Overlay};
 use crate::plan::{Recorded, Walk, WalkError};
@@ -183,12 +184,38 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Batch<'_, C, P, T> {
         Overlay::sweep(&checked)
     }
 
-    /// Folds the ops one at a time, in queue order.
+    /// Folds the ops one at a time, in queue order. A run of maps that continue each other
+    /// after everything folded so far (one page at a time, say) is checked and folded as
+    /// one map: folding them one by one would only extend the same last segment. If the
+    /// joined map fails its check, one of the ops does, and they are folded one by one to
+    /// name it.
     fn fold_in_order(&self) -> Result<Overlay, TxnError> {
         let geometry = self.table.geometry();
         let mut overlay = Overlay::default();
-        for (index, op) in self.ops.iter().enumerate() {
-            let op_number = u32::try_from(index).map_err(|_| {
+        let mut one_by_one_until = 0;
+        let mut index = 0;
+        while index < self.ops.len() {
+            if index >= one_by_one_until {
+                if let Some((joined, count)) = self.map_run(index) {
+                    let after_all = overlay
+                        .segments()
+                        .last()
+                        .is_none_or(|last| geometry.to_linear(joined.va()).is_some_and(|start| last.end <= start));
+                    match check_op::<C>(&geometry, &joined) {
+                        // (Past op number u32::MAX, one by one names the op too many.)
+                        Ok((start, end, change)) if after_all && index + count <= u32::MAX as usize => {
+                            // Maps never fail to fold.
+                            overlay.fold(index as u32, start, end, change).ok();
+                            index += count;
+                            continue;
+                        }
+                        _ => one_by_one_until = index + count,
+                    }
+                }
+            }
+            let (op, current) = (&self.ops[index], index);
+            index += 1;
+            let op_number = u32::try_from(current).map_err(|_| {
                 TxnError::whole(PtError::InvalidParameter).with_reason(Reason::TooManyOps {
                     ops: self.ops.len(),
                     max: (u32::MAX as usize).saturating_add(1),
@@ -201,16 +228,38 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Batch<'_, C, P, T> {
                     // The overlay refused linear `hole`: an earlier op of the transaction
                     // unmapped it.
                     Err(fault) => {
-                        let hole = self.first_hole(&overlay, index, (start, fault.address, change));
+                        let hole = self.first_hole(&overlay, current, (start, fault.address, change));
                         Fault::new(fault.reason, geometry.to_canonical(hole.unwrap_or(fault.address)))
                     }
                 },
             };
             // An op before this one may already fail against the table.
             self.dry_run(&overlay)?;
-            return Err(failure.at_op(index, op.va(), op.size()));
+            return Err(failure.at_op(current, op.va(), op.size()));
         }
         Ok(overlay)
+    }
+
+    /// The maps from op `index` on that continue each other, joined into one map, and their
+    /// number; `None` if op `index` is not followed by such a map. Each size must be a
+    /// non-zero number of pages, so that the joined map passes its check exactly when
+    /// every op does.
+    fn map_run(&self, index: usize) -> Option<(Op, usize)> {
+        let whole_pages = |op: &Op| op.size() != 0 && op.size() % PAGE_SIZE == 0;
+        let first = self.ops[index];
+        if !whole_pages(&first) {
+            return None;
+        }
+        let mut joined = first;
+        let mut count = 1;
+        for next in &self.ops[index + 1..] {
+            match joined.joined(next) {
+                Some(longer) if whole_pages(next) => joined = longer,
+                _ => break,
+            }
+            count += 1;
+        }
+        (count > 1).then_some((joined, count))
     }
 
     /// The first linear address below `before` that op `index`, changing linear

@@ -56,6 +56,39 @@ impl Op {
             Op::Map { size, .. } | Op::Unmap { size, .. } | Op::Protect { size, .. } => size,
         }
     }
+
+    /// `self` and `next` as one map, if both map and `next` maps the virtual bytes right
+    /// after `self`'s to the physical bytes right after, with the same attributes.
+    #[inline]
+    pub(crate) fn joined(&self, next: &Op) -> Option<Op> {
+        match (*self, *next) {
+            (
+                Op::Map {
+                    va,
+                    pa,
+                    size,
+                    attributes,
+                },
+                Op::Map {
+                    va: next_va,
+                    pa: next_pa,
+                    size: next_size,
+                    attributes: next_attributes,
+                },
+            ) if attributes == next_attributes
+                && va.checked_add(size) == Some(next_va)
+                && pa.checked_add(size) == Some(next_pa) =>
+            {
+                Some(Op::Map {
+                    va,
+                    pa,
+                    size: size.checked_add(next_size)?,
+                    attributes,
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for Op {

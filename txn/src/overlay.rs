@@ -75,6 +75,7 @@ impl Segment {
     }
 
     /// Whether `next` continues `self` with the same effect (ignoring `check`).
+    #[inline]
     pub fn continued_by(&self, next: &Segment) -> bool {
         self.end == next.start
             && self.attributes == next.attributes
@@ -134,6 +135,7 @@ impl Overlay {
     /// Folds op number `op` changing linear `start..end`. Fails with [`Reason::NotMapped`]
     /// at the first such linear address if it unmaps or protects a range an earlier op of
     /// the transaction left unmapped.
+    #[inline]
     pub(crate) fn fold(&mut self, op: u32, start: u64, end: u64, change: Change) -> Result<(), Fault> {
         // Ops in address order (the common batch) only append: no search, no splice.
         let after_all = self.segments.last().is_none_or(|last| last.end <= start);
@@ -145,6 +147,11 @@ impl Overlay {
             }
             return Ok(());
         }
+        self.fold_inside(op, start, end, change)
+    }
+
+    /// [`fold`](Self::fold) for an op that starts before the end of the last segment.
+    fn fold_inside(&mut self, op: u32, start: u64, end: u64, change: Change) -> Result<(), Fault> {
         let first = self.segments.partition_point(|s| s.end <= start);
         let mut last = first;
         while last < self.segments.len() && self.segments[last].start < end {
@@ -274,6 +281,7 @@ impl Overlay {
 
 /// The segment `change` by `op` (whose range starts at `op_start`) creates over
 /// `start..end` where no earlier op was.
+#[inline]
 fn fresh(op: u32, op_start: u64, start: u64, end: u64, change: Change) -> Segment {
     let (action, attributes, check) = match change {
         Change::Map { pa, attributes } => (
