@@ -24,7 +24,9 @@ use crate::allocator::{allocate_table_page, PageAllocator};
 use crate::apply::give_back;
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry};
-use crate::decide::{fill_split, fold_untouched, mark_touched, slot_of, Edges, Outcome, Reprotected, Summary};
+use crate::decide::{
+    fill_split, fold_untouched, mark_touched, slot_of, Edges, Outcome, Reprotected, Summary, RAW_ADDRESS_LIMIT,
+};
 use crate::error::TxnError;
 use crate::fast::{Changes, Span};
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
@@ -41,12 +43,14 @@ enum Target {
     /// An existing last-level table.
     Table(u64),
     /// A new table splitting the 2 MiB leaf of `pa` and `attributes` held by entry
-    /// `index` of the level-1 table `level1`.
+    /// `index` of the level-1 table `level1`; `first` is the split's first entry, which the
+    /// others step from below [`RAW_ADDRESS_LIMIT`].
     Split {
         level1: u64,
         index: usize,
         pa: u64,
         attributes: MemoryAttributes,
+        first: u64,
     },
 }
 
@@ -56,6 +60,9 @@ impl Target {
     fn old<C: Codec, P: PageAllocator>(&self, memory: &TableMemory<'_, P>, index: usize) -> u64 {
         match *self {
             Target::Table(table) => memory.read(table, index),
+            Target::Split { pa, first, .. } if pa + Geometry::entry_size(1) <= RAW_ADDRESS_LIMIT => {
+                first + index as u64 * PAGE_SIZE
+            }
             Target::Split { pa, attributes, .. } => C::encode_leaf(pa + index as u64 * PAGE_SIZE, attributes, 0),
         }
     }
@@ -183,6 +190,7 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
                 index,
                 pa,
                 attributes,
+                ..
             } => {
                 // One page was allocated per split group, in this order.
                 let page = pages[next_page];
@@ -248,6 +256,7 @@ fn target<C: Codec, P: PageAllocator>(
             index,
             pa,
             attributes,
+            first: C::encode_leaf(pa, attributes, 0),
         }),
         Entry::Invalid => None,
     }

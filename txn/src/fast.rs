@@ -18,6 +18,8 @@
 //! upper tables, a break on a live table) returns `None` and goes through the planner, which
 //! also produces the error.
 
+use core::sync::atomic::Ordering;
+
 use crate::allocator::{allocate_table_page, PageAllocator};
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry, INVALID_ENTRY};
@@ -116,13 +118,14 @@ impl Changes {
         mut new: impl FnMut(usize, u64) -> u64,
     ) -> usize {
         let Span { start, first, count } = self.span;
+        let entries = memory.entries(self.table);
         let mut written = 0;
         for page in 0..count {
             let index = first + page;
-            let old = memory.read(self.table, index);
+            let old = entries[index].load(Ordering::Relaxed);
             let raw = new(page, old);
             if raw != old {
-                memory.write(self.table, index, raw);
+                entries[index].store(raw, Ordering::Relaxed);
                 written += 1;
                 if C::is_live(old) {
                     let va = start + page as u64 * PAGE_SIZE;
