@@ -62,7 +62,7 @@ fn main() -> Status {
 
 /// The whole run, on the application's own stack.
 pub fn run() -> ! {
-    let mut failures = 0usize;
+    let mut failures = Failures::default();
     let guard = STACK_GUARD.load(core::sync::atomic::Ordering::SeqCst);
     txp!("BEGIN arch={} stack_guard={guard:#x}", arch::NAME);
     let entry = arch::Entry::read();
@@ -120,10 +120,10 @@ pub fn run() -> ! {
     commit(&mut table, &mut model, &batch, "protect");
 
     // Install with the library's own install.
-    failures += arch::install(&table);
+    failures.add("install", arch::install(&table));
 
     // The firmware keeps working on our table.
-    failures += boot_services_still_work();
+    failures.add("boot_services", boot_services_still_work());
 
     // Probes of the installed table.
     let memory = Memory::new(
@@ -138,7 +138,7 @@ pub fn run() -> ! {
     let vas = probes::addresses(&model, &expected, &[0, guard, guard + PAGE], &mut rng, 3000);
     let tally = probes::run("installed", &vas, &expected, &memory);
     report_tally("installed", &tally);
-    failures += tally.mismatches;
+    failures.add("probes_installed", tally.mismatches);
     drop(setup);
 
     // QEMU's own decoder: the host reads the monitor's view of the tables while this CPU
@@ -151,26 +151,26 @@ pub fn run() -> ! {
     }
 
     // What a live change may not do to the code running it.
-    failures += arch::pinned_ranges(&mut table, &mut model);
+    failures.add("pinned", arch::pinned_ranges(&mut table, &mut model));
 
     // Live changes, each followed by probes of what it touched; then the same sequence with
     // every invalidation dropped, which must be seen as stale translations.
     let real = live::run(&mut table, &mut model, buffer, false);
     report_live("LIVE", &real);
-    failures += real.stale;
+    failures.add("live", real.stale);
     arch::mmu_state(&table).set_dropping(true);
     let negative = live::run(&mut table, &mut model, buffer, true);
     arch::mmu_state(&table).set_dropping(false);
     arch::flush_local();
     report_live("NEGATIVE_LIVE", &negative);
     if negative.stale == 0 {
-        failures += 1;
+        failures.add("negative_live", 1);
         txp!("MISMATCH negative control: no stale translation seen without invalidations");
     }
 
     // Several cores on the table.
     let (table, mp_failures) = arch::mp::run(table, &mut model, buffer);
-    failures += mp_failures;
+    failures.add("cores", mp_failures);
 
     // The whole table again, after the live changes.
     let setup = arch::ProbeSetup::enter();
@@ -188,11 +188,11 @@ pub fn run() -> ! {
     let vas = probes::addresses(&model, &expected, &extra, &mut rng, 1000);
     let tally = probes::run("after-live", &vas, &expected, &memory);
     report_tally("after-live", &tally);
-    failures += tally.mismatches;
+    failures.add("probes_after_live", tally.mismatches);
     drop(setup);
 
     // Back to the firmware's table.
-    failures += arch::restore(&entry);
+    failures.add("restore", arch::restore(&entry));
     let pages = table.allocator();
     let mmu = arch::mmu_state(&table);
     txp!(
@@ -204,8 +204,38 @@ pub fn run() -> ! {
         mmu::MmuState::count(&mmu.full_flushes),
         mmu::MmuState::count(&mmu.installs)
     );
-    txp!("END failures={failures}");
-    arch::exit(failures == 0)
+    txp!("END failures={} failed_in={}", failures.total, failures.phases());
+    arch::exit(failures.total == 0)
+}
+
+/// The failures of the run, by the phase that counted them (the END line names the
+/// phases, so a failing run says where without the rest of its output).
+#[derive(Default)]
+struct Failures {
+    total: usize,
+    by_phase: Vec<(&'static str, usize)>,
+}
+
+impl Failures {
+    fn add(&mut self, phase: &'static str, count: usize) {
+        if count > 0 {
+            self.total += count;
+            self.by_phase.push((phase, count));
+        }
+    }
+
+    /// `phase:count,...`, or `none`.
+    fn phases(&self) -> alloc::string::String {
+        if self.by_phase.is_empty() {
+            return "none".into();
+        }
+        let named: Vec<alloc::string::String> = self
+            .by_phase
+            .iter()
+            .map(|(phase, count)| alloc::format!("{phase}:{count}"))
+            .collect();
+        named.join(",")
+    }
 }
 
 /// Reports a fatal error and ends the run.
