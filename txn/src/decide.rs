@@ -23,6 +23,7 @@ pub(crate) const RAW_ADDRESS_LIMIT: u64 = 1 << 48;
 const RAW_ADDRESS_BITS: u64 = (RAW_ADDRESS_LIMIT - 1) & !(PAGE_SIZE - 1);
 
 /// Marks entries `first..first + count` of a table as touched.
+#[inline]
 pub(crate) fn mark_touched(touched: &mut [u64; ENTRIES_PER_TABLE / 64], first: usize, count: usize) {
     for index in first..first + count {
         touched[index / 64] |= 1 << (index % 64);

@@ -127,7 +127,7 @@ impl Changes {
             if raw != old {
                 entries[index].store(raw, Ordering::Relaxed);
                 written += 1;
-                if C::is_live(old) {
+                if C::is_live(old) && flush.records() {
                     let va = start + page as u64 * PAGE_SIZE;
                     flush.record(geometry.to_canonical(va), C::invalidation_pages(old, 0));
                 }

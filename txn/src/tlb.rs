@@ -110,6 +110,14 @@ impl FlushBatch {
         (live || !C::NOT_LIVE_NEEDS_NO_INVALIDATION).then_some(C::PAGE_INVALIDATION_LIMIT)
     }
 
+    /// Whether [`record`](Self::record) still records anything: not once the batch became a
+    /// full flush, nor for a table no TLB can hold. Lets a store loop skip working out
+    /// what to record.
+    #[inline]
+    pub(crate) fn records(&self) -> bool {
+        !self.records_nothing && !self.full
+    }
+
     /// Records that the translations of `pages` pages from canonical `va` changed.
     /// A run starting at an address already recorded is not recorded again.
     pub fn record(&mut self, va: u64, pages: u64) {
