@@ -75,12 +75,6 @@ struct Group {
     end_op: usize,
 }
 
-/// One op after its check: its pages and change.
-struct Checked {
-    span: Span,
-    change: Change,
-}
-
 /// Commits `ops` (at least two) directly if the batch qualifies (see the module); `None`
 /// if not, with nothing touched.
 pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
@@ -95,68 +89,42 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     let table_span = Geometry::entry_size(1);
     let memory = TableMemory::new(table.allocator());
 
-    // Pass 1: check, group and decide.
-    let mut checked: Vec<Checked> = Vec::with_capacity(ops.len());
+    // Pass 1: check each op, decide its pages into its span's group, and finish a group
+    // (does its table stay a table?) when the next op leaves its span.
+    let mut checked: Vec<Span> = Vec::with_capacity(ops.len());
     let mut groups: Vec<Group> = Vec::new();
     let mut kept: Vec<u64> = Vec::with_capacity(ops.len());
     let mut last: Option<Reprotected> = None;
+    let mut deciding: Option<Deciding> = None;
     let mut previous_end = 0;
-    let mut op_index = 0;
-    while op_index < ops.len() {
-        let group_span = {
-            let (start, end, change) = check_op::<C>(&geometry, &ops[op_index]).ok()?;
-            if start < previous_end || start / table_span != (end - 1) / table_span || end - start == table_span {
-                return None;
-            }
-            previous_end = end;
-            let span = Span {
-                start,
-                first: Geometry::index(start, 0),
-                count: ((end - start) / PAGE_SIZE) as usize,
-            };
-            checked.push(Checked { span, change });
-            start & !(table_span - 1)
-        };
-        let target = target::<C, P>(table, &memory, group_span)?;
-        if phased && matches!(target, Target::Split { .. }) {
+    for op in ops {
+        let (start, end, change) = check_op::<C>(&geometry, op).ok()?;
+        let span_start = start & !(table_span - 1);
+        if start < previous_end || (end - 1) & !(table_span - 1) != span_start || end - start == table_span {
             return None;
         }
-        // The ops of this span.
-        let first_op = op_index;
-        op_index += 1;
-        while op_index < ops.len() {
-            let (start, end, change) = check_op::<C>(&geometry, &ops[op_index]).ok()?;
-            if start & !(table_span - 1) != group_span {
-                break;
+        previous_end = end;
+        if deciding.as_ref().is_none_or(|group| group.span != span_start) {
+            if let Some(done) = deciding.take() {
+                groups.push(done.finish::<C, P>(&memory, &geometry)?);
             }
-            if start < previous_end || (end - 1) & !(table_span - 1) != group_span || end - start == table_span {
+            let target = target::<C, P>(table, &memory, span_start)?;
+            if phased && matches!(target, Target::Split { .. }) {
                 return None;
             }
-            previous_end = end;
-            let span = Span {
-                start,
-                first: Geometry::index(start, 0),
-                count: ((end - start) / PAGE_SIZE) as usize,
-            };
-            checked.push(Checked { span, change });
-            op_index += 1;
+            deciding = Some(Deciding::new(target, span_start, checked.len(), &geometry));
         }
-        let group = Group {
-            target,
-            first_op,
-            end_op: op_index,
+        let span = Span {
+            start,
+            first: Geometry::index(start, 0),
+            count: ((end - start) / PAGE_SIZE) as usize,
         };
-        let decided = (&mut kept, &mut last);
-        decide_group::<C, P>(
-            &memory,
-            &geometry,
-            &checked[first_op..op_index],
-            &group,
-            phased,
-            decided,
-        )?;
-        groups.push(group);
+        deciding
+            .as_mut()?
+            .add::<C, P>(&memory, span, change, phased, (&mut kept, &mut last))?;
+        checked.push(span);
     }
+    groups.push(deciding?.finish::<C, P>(&memory, &geometry)?);
 
     // Pass 2: allocate, store, invalidate.
     let splits = groups
@@ -203,10 +171,10 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
                 page
             }
         };
-        for op in &checked[group.first_op..group.end_op] {
+        for &span in &checked[group.first_op..group.end_op] {
             let changes = Changes {
                 table: last_level,
-                span: op.span,
+                span,
             };
             written += changes.write::<C, P>(&memory, &geometry, &mut flush, |_, old| {
                 // Pass 1 kept one new entry per page, in this order.
@@ -262,31 +230,55 @@ fn target<C: Codec, P: PageAllocator>(
     }
 }
 
-/// Decides every page of one group's ops, keeping each new entry in `kept`; `None` if a
-/// page fails its precondition or needs a break on a live table, or if the last-level table
-/// would not stay a table (a merge, or empty). A split that changes nothing is `None` too:
-/// the planner leaves such a leaf whole.
-fn decide_group<C: Codec, P: PageAllocator>(
-    memory: &TableMemory<'_, P>,
-    geometry: &Geometry,
-    ops: &[Checked],
-    group: &Group,
-    phased: bool,
-    (kept, last): (&mut Vec<u64>, &mut Option<Reprotected>),
-) -> Option<()> {
-    let target = group.target;
-    let mut summary = Summary::new(0, geometry.leaf_allowed(1));
-    let mut edges = Edges::UNKNOWN;
-    let mut changed = [0u64; ENTRIES_PER_TABLE / 64];
-    let mut ordinal = 0;
-    for op in ops {
-        let changes = Changes {
-            table: 0,
-            span: op.span,
-        };
+/// Pass 1's state for the group being decided: its ops' new entries folded so far.
+struct Deciding {
+    group: Group,
+    /// Linear start of the group's 2 MiB span.
+    span: u64,
+    summary: Summary,
+    edges: Edges,
+    changed: [u64; ENTRIES_PER_TABLE / 64],
+    /// Pages decided so far.
+    ordinal: usize,
+    /// Lowest and highest changed entry.
+    lowest: usize,
+    highest: usize,
+}
+
+impl Deciding {
+    fn new(target: Target, span: u64, first_op: usize, geometry: &Geometry) -> Self {
+        Self {
+            group: Group {
+                target,
+                first_op,
+                end_op: first_op,
+            },
+            span,
+            summary: Summary::new(0, geometry.leaf_allowed(1)),
+            edges: Edges::UNKNOWN,
+            changed: [0; ENTRIES_PER_TABLE / 64],
+            ordinal: 0,
+            lowest: 0,
+            highest: 0,
+        }
+    }
+
+    /// Decides every page of the next op (`span`, `change`), keeping each new entry in
+    /// `kept`; `None` if a page fails its precondition or needs a break on a live table.
+    #[inline(always)]
+    fn add<C: Codec, P: PageAllocator>(
+        &mut self,
+        memory: &TableMemory<'_, P>,
+        span: Span,
+        change: Change,
+        phased: bool,
+        (kept, last): (&mut Vec<u64>, &mut Option<Reprotected>),
+    ) -> Option<()> {
+        let target = self.group.target;
         let old = |index| target.old::<C, P>(memory, index);
-        let folded = (&mut summary, &mut edges, &mut *last);
-        changes.decide_pages::<C>(old, op.change, ordinal, folded, |_, old, raw| {
+        let folded = (&mut self.summary, &mut self.edges, last);
+        let changes = Changes { table: 0, span };
+        changes.decide_pages::<C>(old, change, self.ordinal, folded, |_, old, raw| {
             // Arm ARM D8.14.1: a change needing a break goes through the planner's phases.
             if phased && C::is_live(old) && C::needs_break(old, raw, 0) {
                 return false;
@@ -294,35 +286,50 @@ fn decide_group<C: Codec, P: PageAllocator>(
             kept.push(raw);
             true
         })?;
-        mark_touched(&mut changed, op.span.first, op.span.count);
-        ordinal += op.span.count;
-    }
-    let lowest = ops.first()?.span.first;
-    let last = ops.last()?.span;
-    let highest = last.first + last.count - 1;
-    let is_changed = |index: usize| changed[index / 64] & (1 << (index % 64)) != 0;
-    match target {
-        Target::Table(last_level) => {
-            fold_untouched::<C, P>(
-                memory,
-                last_level,
-                0,
-                (lowest, highest),
-                is_changed,
-                edges,
-                &mut summary,
-            );
+        mark_touched(&mut self.changed, span.first, span.count);
+        if self.ordinal == 0 {
+            self.lowest = span.first;
         }
-        // The untouched entries of a split continue the leaf: one of them stands for all.
-        Target::Split { .. } => {
-            if let Some(index) = (0..ENTRIES_PER_TABLE).find(|&index| !is_changed(index)) {
-                summary.add(index, slot_of::<C>(target.old::<C, P>(memory, index), 0));
+        self.highest = span.first + span.count - 1;
+        self.ordinal += span.count;
+        self.group.end_op += 1;
+        Some(())
+    }
+
+    /// The group, once its table is shown to stay a table (no merge, not empty); `None`
+    /// if not. A split that changes nothing is `None` too: the planner leaves such a leaf
+    /// whole.
+    fn finish<C: Codec, P: PageAllocator>(mut self, memory: &TableMemory<'_, P>, geometry: &Geometry) -> Option<Group> {
+        let target = self.group.target;
+        let changed = self.changed;
+        let is_changed = |index: usize| changed[index / 64] & (1 << (index % 64)) != 0;
+        match target {
+            Target::Table(last_level) => {
+                let touched = (self.lowest, self.highest);
+                fold_untouched::<C, P>(
+                    memory,
+                    last_level,
+                    0,
+                    touched,
+                    is_changed,
+                    self.edges,
+                    &mut self.summary,
+                );
+            }
+            // The untouched entries of a split continue the leaf: one of them stands for all.
+            Target::Split { .. } => {
+                if let Some(index) = (0..ENTRIES_PER_TABLE).find(|&index| !is_changed(index)) {
+                    self.summary
+                        .add(index, slot_of::<C>(target.old::<C, P>(memory, index), 0));
+                }
             }
         }
-    }
-    match summary.outcome() {
-        Outcome::Mixed => Some(()),
-        Outcome::Uniform { pa, .. } if !(geometry.leaf_allowed(1) && pa % Geometry::entry_size(1) == 0) => Some(()),
-        _ => None,
+        match self.summary.outcome() {
+            Outcome::Mixed => Some(self.group),
+            Outcome::Uniform { pa, .. } if !(geometry.leaf_allowed(1) && pa % Geometry::entry_size(1) == 0) => {
+                Some(self.group)
+            }
+            _ => None,
+        }
     }
 }
