@@ -974,56 +974,41 @@ fn split_fully_rewritten_uniformly_in_one_commit_merges_back() {
 /// unchanged.
 #[test]
 fn continuing_one_page_maps_fail_at_the_op_that_fails() {
-    // Into the canonical hole: the last page below it is fine, the next op is not.
-    let below_hole = 0x7FFF_FFFF_0000;
-    let mut ops: Vec<Op> = (0..16)
-        .map(|i| alias(below_hole + i * KIB4, i * KIB4, KIB4, MA::Writeback))
-        .collect();
-    ops.push(alias(below_hole + 16 * KIB4, 16 * KIB4, KIB4, MA::Writeback));
     let mut t = table();
     let before = image(&t);
-    let error = ops_commit(&mut t, &ops).unwrap_err();
-    assert_eq!(
-        (error.op, error.error),
-        (Some(16), PtError::InvalidMemoryRange),
-        "{error}"
-    );
+    let mut fails_at = |ops: &[Op], op: usize, code: PtError| -> TxnError {
+        let error = ops_commit(&mut t, ops).unwrap_err();
+        assert_eq!((error.op, error.error), (Some(op), code), "{error}");
+        assert!(image(&t) == before, "a failed commit changed the table");
+        error
+    };
+    // Into the canonical hole: the last page below it is fine, the next op is not.
+    let below_hole = 0x7FFF_FFFF_0000;
+    let ops: Vec<Op> = (0..17)
+        .map(|i| alias(below_hole + i * KIB4, i * KIB4, KIB4, MA::Writeback))
+        .collect();
+    let error = fails_at(&ops, 16, PtError::InvalidMemoryRange);
     assert_eq!(error.range, Some((0x8000_0000_0000, KIB4)));
-    assert!(image(&t) == before, "a failed commit changed the table");
 
     // Beyond the physical width: op 5 reaches 2^52.
     let top = (1u64 << 52) - 5 * KIB4;
     let ops: Vec<Op> = (0..8)
         .map(|i| alias(0x80_0000 + i * KIB4, top + i * KIB4, KIB4, MA::Writeback))
         .collect();
-    let error = ops_commit(&mut t, &ops).unwrap_err();
-    assert_eq!(error.op, Some(5), "{error}");
+    let error = fails_at(&ops, 5, PtError::InvalidMemoryRange);
     assert_eq!(error.address, Some(1 << 52), "{error}");
-    assert!(image(&t) == before, "a failed commit changed the table");
 
     // A size that is not whole pages breaks the run and is named.
     let mut ops: Vec<Op> = (0..4).map(|i| map(0x80_0000 + i * KIB4, KIB4, MA::Writeback)).collect();
     ops.push(map(0x80_4000, 0x800, MA::Writeback));
-    let error = ops_commit(&mut t, &ops).unwrap_err();
-    assert_eq!(
-        (error.op, error.error),
-        (Some(4), PtError::UnalignedMemoryRange),
-        "{error}"
-    );
-    assert!(image(&t) == before, "a failed commit changed the table");
+    fails_at(&ops, 4, PtError::UnalignedMemoryRange);
     // Two half pages that would join into a whole one: still op 1's error.
     let ops = [
         map(0x80_0000, KIB4, MA::Writeback),
         map(0x80_1000, 0x800, MA::Writeback),
         map(0x80_1800, 0x800, MA::Writeback),
     ];
-    let error = ops_commit(&mut t, &ops).unwrap_err();
-    assert_eq!(
-        (error.op, error.error),
-        (Some(1), PtError::UnalignedMemoryRange),
-        "{error}"
-    );
-    assert!(image(&t) == before, "a failed commit changed the table");
+    fails_at(&ops, 1, PtError::UnalignedMemoryRange);
 }
 
 /// 1,024 one-page identity maps build what one 4 MiB map builds: two 2 MiB leaves.

@@ -1754,9 +1754,20 @@ impl Gen {
 
     fn map_op<T: ModelTarget>(&self, rng: &mut Rng) -> MOp {
         let (va, size) = self.range(rng);
+        self.map_at::<T>(rng, va, size, |rng| rng.chance(55))
+    }
+
+    /// A map of `size` bytes at `va` with random attributes: an identity map where that is
+    /// a valid physical range and `identity` says so, else aliased.
+    fn map_at<T: ModelTarget>(
+        &self,
+        rng: &mut Rng,
+        va: u64,
+        size: u64,
+        identity: impl FnOnce(&mut Rng) -> bool,
+    ) -> MOp {
         let attrs = random_map_attrs::<T>(rng);
-        let identity_ok = self.shape.check_pa(va, size).is_ok();
-        if identity_ok && rng.chance(55) {
+        if self.shape.check_pa(va, size).is_ok() && identity(rng) {
             MOp::Map { va, size, attrs }
         } else {
             MOp::MapAliased {
@@ -1862,19 +1873,7 @@ impl Gen {
                         attrs: random_protect_attrs(rng),
                     },
                     50..=64 if mapped => MOp::Unmap { va, size },
-                    kind => {
-                        let attrs = random_map_attrs::<T>(rng);
-                        if kind < 85 && self.shape.check_pa(va, size).is_ok() {
-                            MOp::Map { va, size, attrs }
-                        } else {
-                            MOp::MapAliased {
-                                va,
-                                pa: self.pa_for(rng, va),
-                                size,
-                                attrs,
-                            }
-                        }
-                    }
+                    kind => self.map_at::<T>(rng, va, size, |_| kind < 85),
                 }
             };
             let op = self.tame(rng, op);
