@@ -130,6 +130,18 @@ fn policy_transactions<T: ModelTarget>(test: &str, cfg: T::Config) {
     policy_coverage(test, &runner);
 }
 
+/// `policy_transactions` with a third of batches in address order (the batch path, which
+/// checks the policy on the folded ops first).
+fn policy_sorted_batches<T: ModelTarget>(test: &str, cfg: T::Config) {
+    let policy = model_policy(&T::build(cfg, 1));
+    let mut runner = Runner::<T>::with_policy(test, cfg, policy);
+    // A third: a sorted batch of up to 40 ops breaks a strict policy more often than not.
+    runner.gen.sorted_percent = 35;
+    runner.run_random(ops_budget(POLICY_TXN_SHARE), false, 150);
+    println!("{}", runner.summary(test));
+    policy_coverage(test, &runner);
+}
+
 fn policy_one_ops<T: ModelTarget>(test: &str, cfg: T::Config) {
     let policy = model_policy(&T::build(cfg, 1));
     let mut runner = Runner::<T>::with_policy(test, cfg, policy);
@@ -190,6 +202,8 @@ model_tests! {
     policy_transactions_x64_4level_1g: policy_transactions(X64Target, X64_4L_1G);
     policy_transactions_x64_5level_2m: policy_transactions(X64Target, X64_5L_2M);
     policy_one_op_api_x64_4level_2m: policy_one_ops(X64Target, X64_4L_2M);
+    policy_sorted_batches_x64_4level_2m: policy_sorted_batches(X64Target, X64_4L_2M);
+    policy_sorted_batches_aarch64_4level_1g: policy_sorted_batches(Aarch64Target, A64_4L_1G);
     policy_transactions_aarch64_3level_1g: policy_transactions(Aarch64Target, A64_3L_1G);
     policy_transactions_aarch64_4level_2m: policy_transactions(Aarch64Target, A64_4L_2M);
     policy_one_op_api_aarch64_4level_1g: policy_one_ops(Aarch64Target, A64_4L_1G);

@@ -31,8 +31,10 @@ pub(crate) fn commit<C: Codec, P: PageAllocator, T: Tlb>(
         if let Some(result) = crate::fast::try_structural(table, &op) {
             return result;
         }
-    } else if let Some(result) = crate::direct::try_commit(table, ops) {
-        return result;
+    } else if (Batch { table: &*table, ops }).policy_allows_direct() {
+        if let Some(result) = crate::direct::try_commit(table, ops) {
+            return result;
+        }
     }
     commit_planned(table, ops)
 }
@@ -150,6 +152,17 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Batch<'_, C, P, T> {
             full_flush: walk.flush.is_full() || walk.break_flush.is_full(),
             breaks: walk.counts.breaks,
         })
+    }
+
+    /// Whether the batch path may commit these ops as far as the table's policy goes: no
+    /// policy, or the final state of the ranges the ops touch obeys it. The fold costs
+    /// little for ops in address order (each appends), the batch path's case; a fold or
+    /// policy error leaves the batch to the planner, which reports it.
+    fn policy_allows_direct(&self) -> bool {
+        if self.table.linear_policy().is_none() {
+            return true;
+        }
+        self.fold().is_ok_and(|overlay| self.check_policy(&overlay).is_ok())
     }
 
     /// Validates and folds the ops. On the first bad op, reports the earliest failing op

@@ -14,9 +14,9 @@
 //!
 //! Anything else (an op out of order or overlapping another, an op spanning two last-level
 //! tables or a whole one, missing upper tables, a merge, a table left empty, a break on a
-//! live table, a split on a table with break-before-make phases, a policy) returns `None`
-//! before anything is touched, and the planner takes the batch, which also produces any
-//! error.
+//! live table, a split on a table with break-before-make phases) returns `None` before
+//! anything is touched, and the planner takes the batch, which also produces any error.
+//! A table's protection policy is checked before (`commit.rs`).
 
 use alloc::vec::Vec;
 
@@ -81,7 +81,7 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
     table: &mut Tables<C, P, T>,
     ops: &[Op],
 ) -> Option<Result<Committed, TxnError>> {
-    if ops.len() < 2 || table.linear_policy().is_some() {
+    if ops.len() < 2 {
         return None;
     }
     let phased = C::USES_BARRIERS && table.is_live();
