@@ -32,11 +32,25 @@ pub(crate) fn commit<C: Codec, P: PageAllocator, T: Tlb>(
             return result;
         }
     } else if (Batch { table: &*table, ops }).policy_allows_direct() {
+        // No order check first: the batch path finds an op out of order itself. Checking
+        // first cost workload 3 and 2 12 instructions per op (4% and 20%) to save the
+        // realistic batch 4% (the ops before its first one out of order).
         if let Some(result) = crate::direct::try_commit(table, ops) {
             return result;
         }
     }
     commit_planned(table, ops)
+}
+
+/// Whether each op ends at or before the next one starts (canonical addresses sort as their
+/// linear addresses do): the fold appends such batches and sweeps the others.
+fn in_address_order(ops: &[Op]) -> bool {
+    ops.windows(2).all(|pair| {
+        pair[0]
+            .va()
+            .checked_add(pair[0].size())
+            .is_some_and(|end| end <= pair[1].va())
+    })
 }
 
 impl<C: Codec, P: PageAllocator, T: Tlb> Tables<C, P, T> {
@@ -178,14 +192,7 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Batch<'_, C, P, T> {
     /// are in address order (folding them only appends), or any op fails (folding in
     /// order names it).
     fn sweep(&self) -> Option<Overlay> {
-        // Canonical addresses sort as their linear addresses do.
-        let in_order = self.ops.windows(2).all(|pair| {
-            pair[0]
-                .va()
-                .checked_add(pair[0].size())
-                .is_some_and(|end| end <= pair[1].va())
-        });
-        if in_order {
+        if in_address_order(self.ops) {
             return None;
         }
         let geometry = self.table.geometry();
