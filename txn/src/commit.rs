@@ -169,14 +169,15 @@ impl<C: Codec, P: PageAllocator, T: Tlb> Batch<'_, C, P, T> {
     }
 
     /// Whether the batch path may commit these ops as far as the table's policy goes: no
-    /// policy, or the final state of the ranges the ops touch obeys it. The fold costs
-    /// little for ops in address order (each appends), the batch path's case; a fold or
-    /// policy error leaves the batch to the planner, which reports it.
+    /// policy, or ops in address order whose final state obeys it. The fold costs little
+    /// for ops in address order (each appends); a fold or policy error leaves the batch to
+    /// the planner, which reports it.
     fn policy_allows_direct(&self) -> bool {
         if self.table.linear_policy().is_none() {
             return true;
         }
-        self.fold().is_ok_and(|overlay| self.check_policy(&overlay).is_ok())
+        // A batch out of order goes to the planner anyway: no fold and check twice.
+        in_address_order(self.ops) && self.fold().is_ok_and(|overlay| self.check_policy(&overlay).is_ok())
     }
 
     /// Validates and folds the ops. On the first bad op, reports the earliest failing op

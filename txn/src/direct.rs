@@ -2,7 +2,8 @@
 //! table's span (2 MiB), committed table by table without a recorded plan.
 //!
 //! It makes the stores, allocations, invalidations and barriers the planner would make for
-//! such a batch (the model tests compare the two, `tests/direct_batch.rs`), in two passes:
+//! such a batch (the model tests compare each commit with its plan: `sorted_batches_*` in
+//! `tests/model.rs`), in two passes:
 //! 1. every op is checked and every page decided, table by table (the fast path's per-page
 //!    loop, [`Changes::decide_pages`]), and each touched last-level table is shown to stay a
 //!    table (the shared merge check and untouched-entry scan). A table that does not exist
