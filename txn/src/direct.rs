@@ -172,12 +172,13 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
                 page
             }
         };
+        let entries = memory.entries(last_level);
         for &span in &checked[group.first_op..group.end_op] {
             let changes = Changes {
                 table: last_level,
                 span,
             };
-            written += changes.write::<C, P>(&memory, &geometry, &mut flush, |_, old| {
+            written += changes.write_to::<C>(entries, &geometry, &mut flush, |_, old| {
                 // Pass 1 kept one new entry per page, in this order.
                 kept_entries.next().copied().unwrap_or(old)
             });

@@ -18,7 +18,7 @@
 //! upper tables, a break on a live table) returns `None` and goes through the planner, which
 //! also produces the error.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::allocator::{allocate_table_page, PageAllocator};
 use crate::attributes::MemoryAttributes;
@@ -115,10 +115,22 @@ impl Changes {
         memory: &TableMemory<'_, P>,
         geometry: &Geometry,
         flush: &mut FlushBatch,
+        new: impl FnMut(usize, u64) -> u64,
+    ) -> usize {
+        self.write_to::<C>(memory.entries(self.table), geometry, flush, new)
+    }
+
+    /// [`write`](Self::write) into `entries`, the table's entries already looked up (the
+    /// batch path writes many spans of one table).
+    #[inline(always)]
+    pub(crate) fn write_to<C: Codec>(
+        &self,
+        entries: &[AtomicU64; ENTRIES_PER_TABLE],
+        geometry: &Geometry,
+        flush: &mut FlushBatch,
         mut new: impl FnMut(usize, u64) -> u64,
     ) -> usize {
         let Span { start, first, count } = self.span;
-        let entries = memory.entries(self.table);
         let mut written = 0;
         for page in 0..count {
             let index = first + page;
