@@ -1028,3 +1028,23 @@ fn continuing_one_page_maps_build_what_one_map_builds() {
         assert_eq!(leaf, whole_leaf, "{va:#x}");
     }
 }
+
+/// A batch in address order whose ops together cover a whole 2 MiB leaf with one change
+/// leaves it a leaf (changed in place), as one op over the 2 MiB would: no split table.
+#[test]
+fn a_sorted_batch_covering_a_whole_2mib_leaf_changes_it_in_place() {
+    let mut t = table();
+    t.map_memory_region(GIB, MIB2, MA::Writeback).unwrap();
+    let pages_before = t.table_pages();
+    assert!(is_large_leaf(entry_at(&t, GIB, 1)));
+    let ops = [
+        protect(GIB, MIB2 / 2, MA::ReadOnly),
+        protect(GIB + MIB2 / 2, MIB2 / 4, MA::ReadOnly),
+        protect(GIB + 3 * MIB2 / 4, MIB2 / 4, MA::ReadOnly),
+    ];
+    let report = ops_commit(&mut t, &ops).unwrap();
+    assert_eq!((report.tables_allocated, report.tables_freed), (0, 0), "{report:?}");
+    assert_eq!(t.table_pages(), pages_before);
+    assert!(is_large_leaf(entry_at(&t, GIB, 1)));
+    assert_eq!(t.query_memory_region(GIB, MIB2), Ok(MA::Writeback | MA::ReadOnly));
+}

@@ -25,9 +25,7 @@ use crate::allocator::{allocate_table_page, PageAllocator};
 use crate::apply::give_back;
 use crate::attributes::MemoryAttributes;
 use crate::codec::{Codec, Entry};
-use crate::decide::{
-    fill_split, fold_untouched, mark_touched, slot_of, Edges, Outcome, Reprotected, Summary, RAW_ADDRESS_LIMIT,
-};
+use crate::decide::{fill_split, fold_untouched, slot_of, Edges, Outcome, Reprotected, Summary, RAW_ADDRESS_LIMIT};
 use crate::error::TxnError;
 use crate::fast::{Changes, Span};
 use crate::geometry::{Geometry, ENTRIES_PER_TABLE, PAGE_SIZE};
@@ -107,7 +105,7 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
         previous_end = end;
         if deciding.as_ref().is_none_or(|group| group.span != span_start) {
             if let Some(done) = deciding.take() {
-                groups.push(done.finish::<C, P>(&memory, &geometry)?);
+                groups.push(done.finish::<C, P>(&memory, &geometry, &checked)?);
             }
             let target = target::<C, P>(table, &memory, span_start)?;
             if phased && matches!(target, Target::Split { .. }) {
@@ -125,7 +123,7 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
             .add::<C, P>(&memory, span, change, phased, (&mut kept, &mut last))?;
         checked.push(span);
     }
-    groups.push(deciding?.finish::<C, P>(&memory, &geometry)?);
+    groups.push(deciding?.finish::<C, P>(&memory, &geometry, &checked)?);
 
     // Pass 2: allocate, store, invalidate.
     let splits = groups
@@ -239,7 +237,6 @@ struct Deciding {
     span: u64,
     summary: Summary,
     edges: Edges,
-    changed: [u64; ENTRIES_PER_TABLE / 64],
     /// Pages decided so far.
     ordinal: usize,
     /// Lowest and highest changed entry.
@@ -258,7 +255,6 @@ impl Deciding {
             span,
             summary: Summary::new(0, geometry.leaf_allowed(1)),
             edges: Edges::UNKNOWN,
-            changed: [0; ENTRIES_PER_TABLE / 64],
             ordinal: 0,
             lowest: 0,
             highest: 0,
@@ -288,7 +284,6 @@ impl Deciding {
             kept.push(raw);
             true
         })?;
-        mark_touched(&mut self.changed, span.first, span.count);
         if self.ordinal == 0 {
             self.lowest = span.first;
         }
@@ -301,10 +296,21 @@ impl Deciding {
     /// The group, once its table is shown to stay a table (no merge, not empty); `None`
     /// if not. A split that changes nothing is `None` too: the planner leaves such a leaf
     /// whole.
-    fn finish<C: Codec, P: PageAllocator>(mut self, memory: &TableMemory<'_, P>, geometry: &Geometry) -> Option<Group> {
+    /// `checked` holds the spans of every op so far, this group's last.
+    fn finish<C: Codec, P: PageAllocator>(
+        mut self,
+        memory: &TableMemory<'_, P>,
+        geometry: &Geometry,
+        checked: &[Span],
+    ) -> Option<Group> {
         let target = self.group.target;
-        let changed = self.changed;
-        let is_changed = |index: usize| changed[index / 64] & (1 << (index % 64)) != 0;
+        // The group's spans are in address order: an entry is changed if the last span
+        // starting at or before it covers it.
+        let spans = &checked[self.group.first_op..self.group.end_op];
+        let is_changed = |index: usize| match spans.partition_point(|span| span.first <= index) {
+            0 => false,
+            after => index < spans[after - 1].first + spans[after - 1].count,
+        };
         match target {
             Target::Table(last_level) => {
                 let touched = (self.lowest, self.highest);
@@ -320,9 +326,16 @@ impl Deciding {
             }
             // The untouched entries of a split continue the leaf: one of them stands for all.
             Target::Split { .. } => {
-                if let Some(index) = (0..ENTRIES_PER_TABLE).find(|&index| !is_changed(index)) {
-                    self.summary
-                        .add(index, slot_of::<C>(target.old::<C, P>(memory, index), 0));
+                let mut first_untouched = 0;
+                for span in spans {
+                    if span.first != first_untouched {
+                        break;
+                    }
+                    first_untouched = span.first + span.count;
+                }
+                if first_untouched < ENTRIES_PER_TABLE {
+                    let old = target.old::<C, P>(memory, first_untouched);
+                    self.summary.add(first_untouched, slot_of::<C>(old, 0));
                 }
             }
         }
