@@ -105,13 +105,18 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
         previous_end = end;
         if deciding.as_ref().is_none_or(|group| group.span != span_start) {
             if let Some(done) = deciding.take() {
-                groups.push(done.finish::<C, P>(&memory, &geometry, &checked)?);
+                groups.push(done.finish::<C, P>(&memory, &geometry, (&checked, &kept))?);
             }
             let target = target::<C, P>(table, &memory, span_start)?;
             if phased && matches!(target, Target::Split { .. }) {
                 return None;
             }
-            deciding = Some(Deciding::new(target, span_start, checked.len(), &geometry));
+            deciding = Some(Deciding::new(
+                target,
+                span_start,
+                (checked.len(), kept.len()),
+                &geometry,
+            ));
         }
         let span = Span {
             start,
@@ -123,7 +128,7 @@ pub(crate) fn try_commit<C: Codec, P: PageAllocator, T: Tlb>(
             .add::<C, P>(&memory, span, change, phased, (&mut kept, &mut last))?;
         checked.push(span);
     }
-    groups.push(deciding?.finish::<C, P>(&memory, &geometry, &checked)?);
+    groups.push(deciding?.finish::<C, P>(&memory, &geometry, (&checked, &kept))?);
 
     // Pass 2: allocate, store, invalidate.
     let splits = groups
@@ -236,7 +241,8 @@ struct Deciding {
     /// Linear start of the group's 2 MiB span.
     span: u64,
     summary: Summary,
-    edges: Edges,
+    /// Where the group's new entries start in the kept entries.
+    first_kept: usize,
     /// Pages decided so far.
     ordinal: usize,
     /// Lowest and highest changed entry.
@@ -245,7 +251,7 @@ struct Deciding {
 }
 
 impl Deciding {
-    fn new(target: Target, span: u64, first_op: usize, geometry: &Geometry) -> Self {
+    fn new(target: Target, span: u64, (first_op, first_kept): (usize, usize), geometry: &Geometry) -> Self {
         Self {
             group: Group {
                 target,
@@ -254,7 +260,7 @@ impl Deciding {
             },
             span,
             summary: Summary::new(0, geometry.leaf_allowed(1)),
-            edges: Edges::UNKNOWN,
+            first_kept,
             ordinal: 0,
             lowest: 0,
             highest: 0,
@@ -274,7 +280,9 @@ impl Deciding {
     ) -> Option<()> {
         let target = self.group.target;
         let old = |index| target.old::<C, P>(memory, index);
-        let folded = (&mut self.summary, &mut self.edges, last);
+        // The edges are worked out once, from the kept entries, when the group finishes.
+        let mut edges = Edges::UNKNOWN;
+        let folded = (&mut self.summary, &mut edges, last);
         let changes = Changes { table: 0, span };
         changes.decide_pages::<C>(old, change, self.ordinal, folded, |_, old, raw| {
             // Arm ARM D8.14.1: a change needing a break goes through the planner's phases.
@@ -295,13 +303,13 @@ impl Deciding {
 
     /// The group, once its table is shown to stay a table (no merge, not empty); `None`
     /// if not. A split that changes nothing is `None` too: the planner leaves such a leaf
-    /// whole.
-    /// `checked` holds the spans of every op so far, this group's last.
+    /// whole. `checked` and `kept` hold the spans and new entries of every op so far, this
+    /// group's last.
     fn finish<C: Codec, P: PageAllocator>(
         mut self,
         memory: &TableMemory<'_, P>,
         geometry: &Geometry,
-        checked: &[Span],
+        (checked, kept): (&[Span], &[u64]),
     ) -> Option<Group> {
         let target = self.group.target;
         // The group's spans are in address order: an entry is changed if the last span
@@ -313,16 +321,15 @@ impl Deciding {
         };
         match target {
             Target::Table(last_level) => {
+                // The new entries beside which the untouched ones start: the group's first
+                // and last (its spans are in address order).
+                let edge = |raw: u64| (raw, slot_of::<C>(raw, 0));
+                let edges = Edges {
+                    low: edge(*kept.get(self.first_kept)?),
+                    high: edge(*kept.last()?),
+                };
                 let touched = (self.lowest, self.highest);
-                fold_untouched::<C, P>(
-                    memory,
-                    last_level,
-                    0,
-                    touched,
-                    is_changed,
-                    self.edges,
-                    &mut self.summary,
-                );
+                fold_untouched::<C, P>(memory, last_level, 0, touched, is_changed, edges, &mut self.summary);
             }
             // The untouched entries of a split continue the leaf: one of them stands for all.
             Target::Split { .. } => {
