@@ -184,7 +184,10 @@ pub fn run() -> ! {
         cores::ALIAS,
         cores::SHARED_PAGE,
         guard,
-    ];
+    ]
+    .into_iter()
+    .chain(arch::ALWAYS_PROBED.iter().copied())
+    .collect::<Vec<u64>>();
     let vas = probes::addresses(&model, &expected, &extra, &mut rng, 1000);
     let tally = probes::run("after-live", &vas, &expected, &memory);
     report_tally("after-live", &tally);

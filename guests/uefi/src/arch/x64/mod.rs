@@ -32,6 +32,9 @@ pub fn cpu_id() -> u32 {
     cpu::apic_id()
 }
 
+/// Probed in every run besides the random addresses (none on q35).
+pub const ALWAYS_PROBED: &[u64] = &[];
+
 /// MMIO on q35 that reads without side effects: local APIC, IOAPIC, HPET, flash, ECAM.
 pub const QUIET_MMIO: &[(u64, u64)] = &[
     (0xFEE0_0000, 0xFEE0_1000),
