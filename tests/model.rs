@@ -122,32 +122,34 @@ fn policy_coverage<T: ModelTarget>(test: &str, runner: &Runner<T>) {
     );
 }
 
-fn policy_transactions<T: ModelTarget>(test: &str, cfg: T::Config) {
+/// A run on a table with the model's strict policy: `sorted_percent` of the transactions
+/// drawn as batches in address order, one-op calls if `one_op_api`.
+fn policy_run<T: ModelTarget>(test: &str, cfg: T::Config, sorted_percent: u64, one_op_api: bool) {
     let policy = model_policy(&T::build(cfg, 1));
     let mut runner = Runner::<T>::with_policy(test, cfg, policy);
-    runner.run_random(ops_budget(POLICY_TXN_SHARE), false, 150);
+    runner.gen.sorted_percent = sorted_percent;
+    let (share, episode) = match one_op_api {
+        true => (POLICY_ONE_OP_SHARE, 300),
+        false => (POLICY_TXN_SHARE, 150),
+    };
+    runner.run_random(ops_budget(share), one_op_api, episode);
     println!("{}", runner.summary(test));
     policy_coverage(test, &runner);
+}
+
+fn policy_transactions<T: ModelTarget>(test: &str, cfg: T::Config) {
+    policy_run::<T>(test, cfg, 0, false);
 }
 
 /// `policy_transactions` with a third of batches in address order (the batch path, which
-/// checks the policy on the folded ops first).
+/// checks the policy on the folded ops first). A third: a sorted batch of up to 40 ops
+/// breaks a strict policy more often than not.
 fn policy_sorted_batches<T: ModelTarget>(test: &str, cfg: T::Config) {
-    let policy = model_policy(&T::build(cfg, 1));
-    let mut runner = Runner::<T>::with_policy(test, cfg, policy);
-    // A third: a sorted batch of up to 40 ops breaks a strict policy more often than not.
-    runner.gen.sorted_percent = 35;
-    runner.run_random(ops_budget(POLICY_TXN_SHARE), false, 150);
-    println!("{}", runner.summary(test));
-    policy_coverage(test, &runner);
+    policy_run::<T>(test, cfg, 35, false);
 }
 
 fn policy_one_ops<T: ModelTarget>(test: &str, cfg: T::Config) {
-    let policy = model_policy(&T::build(cfg, 1));
-    let mut runner = Runner::<T>::with_policy(test, cfg, policy);
-    runner.run_random(ops_budget(POLICY_ONE_OP_SHARE), true, 300);
-    println!("{}", runner.summary(test));
-    policy_coverage(test, &runner);
+    policy_run::<T>(test, cfg, 0, true);
 }
 
 macro_rules! model_tests {
